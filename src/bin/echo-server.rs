@@ -1,0 +1,25 @@
+//! `echo-server`: parse, configure, serve; map errors to exit codes.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use echod::{config, server, Config, EXIT_FAILURE, EXIT_USAGE};
+
+fn main() -> ExitCode {
+    let args = config::ServerArgs::parse();
+    let config = match config::environment().and_then(|env| Config::load(&args, env)) {
+        Ok(config) => config,
+        Err(error) => {
+            eprintln!("echo-server: {error}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    echod::logging::init(config.log_format, &config.log_level);
+    match server::run_until_signalled(config) {
+        Ok(_report) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("echo-server: {error}");
+            ExitCode::from(EXIT_FAILURE)
+        }
+    }
+}

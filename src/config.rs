@@ -1,0 +1,739 @@
+//! The one configuration struct and where its values come from.
+//!
+//! Layers, lowest first: built-in defaults ← config file ← `ECHOD_*`
+//! environment ← command-line flags. A higher layer replaces a whole value
+//! (a `--listen` list replaces the file's `listen` list). Every layer goes
+//! through the same [`Layer::set`], so a value is validated the same way
+//! wherever it comes from, and the error names where it came from.
+
+use std::{
+    fmt,
+    net::{IpAddr, Ipv6Addr, SocketAddr},
+    path::{Path, PathBuf},
+    str::FromStr,
+    time::Duration,
+};
+
+use clap::{builder::PossibleValuesParser, Parser};
+
+use crate::codec::{Framing, MAX_FRAME_LENGTH_LIMIT};
+
+/// Where the service listens when nothing says otherwise: loopback, so that
+/// exposing it is the operator's explicit choice.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:3600";
+/// The file read from the working directory when `--config` is not given.
+pub const DEFAULT_CONFIG_FILE: &str = "config.toml";
+/// Prefix of the environment variables that configure the server.
+pub const ENV_PREFIX: &str = "ECHOD_";
+
+/// Every config key, in the order the docs list them.
+pub const KEYS: [&str; 8] = [
+    "listen",
+    "framing",
+    "max_frame_length",
+    "max_connections",
+    "idle_timeout",
+    "shutdown_grace",
+    "log_format",
+    "log_level",
+];
+
+/// A bad setting: exit code 2, and a message naming the key and the problem.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(pub String);
+
+/// `echo-server`'s command line. Values arrive as text and are validated by
+/// the same code as the file and the environment.
+#[derive(Debug, Default, Parser)]
+#[command(
+    name = "echo-server",
+    version,
+    about = "An asynchronous TCP echo server (RFC 862 and framed echo)",
+    after_help = "Every flag can also be set in the config file (snake_case key) or \
+                  as ECHOD_<KEY> in the environment; flags win over the environment, \
+                  which wins over the file."
+)]
+pub struct ServerArgs {
+    /// Config file to read [default: ./config.toml when present].
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Address to listen on, HOST:PORT or [IPv6]:PORT; port 0 picks a free
+    /// port; repeat for several [default: 127.0.0.1:3600].
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Vec<String>,
+    /// How the stream is cut into frames [default: lines].
+    #[arg(long, value_parser = PossibleValuesParser::new(["lines", "raw", "length"]))]
+    pub framing: Option<String>,
+    /// Longest frame in bytes (a line's \n counted, a length header not)
+    /// [default: 65536].
+    #[arg(long, value_name = "BYTES")]
+    pub max_frame_length: Option<String>,
+    /// Connections served at once; more wait in the kernel backlog
+    /// [default: 10000].
+    #[arg(long, value_name = "N")]
+    pub max_connections: Option<String>,
+    /// Close a connection after this long with no byte in or out; 0 = never
+    /// [default: 300].
+    #[arg(long, value_name = "SECS")]
+    pub idle_timeout: Option<String>,
+    /// On SIGINT/SIGTERM, how long connections may take to finish their
+    /// echoes before they are cut [default: 10].
+    #[arg(long, value_name = "SECS")]
+    pub shutdown_grace: Option<String>,
+    /// Log line format on stderr [default: text].
+    #[arg(long, value_parser = PossibleValuesParser::new(["text", "json"]))]
+    pub log_format: Option<String>,
+    /// Log filter, as a tracing EnvFilter directive such as info, debug or
+    /// echod=trace [default: $RUST_LOG, else info].
+    #[arg(long, value_name = "LEVEL")]
+    pub log_level: Option<String>,
+}
+
+impl ServerArgs {
+    /// The flags that were given, as a layer.
+    fn layer(&self) -> Result<Layer, ConfigError> {
+        let mut layer = Layer::default();
+        let mut set = |key: &str, value: Value| {
+            layer
+                .set(key, value)
+                .map_err(|problem| ConfigError(format!("--{}: {problem}", key.replace('_', "-"))))
+        };
+        if !self.listen.is_empty() {
+            set("listen", Value::List(self.listen.clone()))?;
+        }
+        let scalars = [
+            ("framing", &self.framing),
+            ("max_frame_length", &self.max_frame_length),
+            ("max_connections", &self.max_connections),
+            ("idle_timeout", &self.idle_timeout),
+            ("shutdown_grace", &self.shutdown_grace),
+            ("log_format", &self.log_format),
+            ("log_level", &self.log_level),
+        ];
+        for (key, value) in scalars {
+            if let Some(value) = value {
+                set(key, Value::Text(value.clone()))?;
+            }
+        }
+        Ok(layer)
+    }
+}
+
+/// Log line format.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+impl FromStr for LogFormat {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "text" => Ok(LogFormat::Text),
+            "json" => Ok(LogFormat::Json),
+            _ => Err(format!("unknown log format {s:?} (expected text or json)")),
+        }
+    }
+}
+
+/// A listen address as the user wrote it: `HOST:PORT` or `[IPv6]:PORT`.
+/// Host names are resolved when the server starts, not when parsed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ListenAddr {
+    host: String,
+    port: u16,
+}
+
+impl ListenAddr {
+    pub fn host(&self) -> &str {
+        &self.host
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The address itself when the host is an IP literal.
+    pub fn socket_addr(&self) -> Option<SocketAddr> {
+        let ip: IpAddr = self.host.parse().ok()?;
+        Some(SocketAddr::new(ip, self.port))
+    }
+}
+
+impl FromStr for ListenAddr {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad =
+            |why: &str| format!("bad address {s:?}: {why} (expected HOST:PORT or [IPv6]:PORT)");
+        let (host, port) = s.rsplit_once(':').ok_or_else(|| bad("no port"))?;
+        let port: u16 = port
+            .parse()
+            .map_err(|_| bad("port is not a number from 0 to 65535"))?;
+        let host = if let Some(inner) = host.strip_prefix('[') {
+            let inner = inner.strip_suffix(']').ok_or_else(|| bad("unclosed '['"))?;
+            inner
+                .parse::<Ipv6Addr>()
+                .map_err(|_| bad("not an IPv6 address inside [ ]"))?;
+            inner
+        } else if host.contains(':') {
+            return Err(bad("an IPv6 address needs brackets"));
+        } else {
+            host
+        };
+        let valid_name = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_');
+        if host.is_empty() || !host.chars().all(|c| valid_name(c) || c == ':') {
+            return Err(bad("no valid host"));
+        }
+        Ok(ListenAddr {
+            host: host.to_owned(),
+            port,
+        })
+    }
+}
+
+impl fmt::Display for ListenAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.host.contains(':') {
+            write!(f, "[{}]:{}", self.host, self.port)
+        } else {
+            write!(f, "{}:{}", self.host, self.port)
+        }
+    }
+}
+
+/// The process environment's variables that configure the server:
+/// `ECHOD_*` and `RUST_LOG`. A value that is not UTF-8 is an error.
+pub fn environment() -> Result<Vec<(String, String)>, ConfigError> {
+    let mut vars = Vec::new();
+    for (name, value) in std::env::vars_os() {
+        let Some(name) = name.to_str() else { continue };
+        if name.starts_with(ENV_PREFIX) || name == "RUST_LOG" {
+            let value = value
+                .into_string()
+                .map_err(|_| ConfigError(format!("{name}: value is not valid UTF-8")))?;
+            vars.push((name.to_owned(), value));
+        }
+    }
+    Ok(vars)
+}
+
+/// The server's whole configuration, validated.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Config {
+    /// Every address to listen on (host names resolved at start-up).
+    pub listen: Vec<ListenAddr>,
+    /// How each connection's stream is cut into frames.
+    pub framing: Framing,
+    /// Longest frame in bytes; ignored by raw framing.
+    pub max_frame_length: usize,
+    /// Connections served at once.
+    pub max_connections: usize,
+    /// Close a connection with no traffic for this long; `None` = never.
+    pub idle_timeout: Option<Duration>,
+    /// How long a graceful shutdown waits for connections to finish.
+    pub shutdown_grace: Duration,
+    /// Log line format.
+    pub log_format: LogFormat,
+    /// Log filter directive (tracing `EnvFilter` syntax).
+    pub log_level: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: vec![DEFAULT_LISTEN.parse().expect("the default address parses")],
+            framing: Framing::Lines,
+            max_frame_length: 65_536,
+            max_connections: 10_000,
+            idle_timeout: Some(Duration::from_secs(300)),
+            shutdown_grace: Duration::from_secs(10),
+            log_format: LogFormat::Text,
+            log_level: "info".into(),
+        }
+    }
+}
+
+impl Config {
+    /// Builds the configuration from every layer: the config file (`--config`,
+    /// else `./config.toml` when present), the `ECHOD_*` variables in `env`,
+    /// and the flags.
+    pub fn load(
+        args: &ServerArgs,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        let file = match &args.config {
+            Some(path) => Some(Layer::from_file(path)?),
+            None => {
+                let default = Path::new(DEFAULT_CONFIG_FILE);
+                if default.is_file() {
+                    Some(Layer::from_file(default)?)
+                } else {
+                    None
+                }
+            }
+        };
+        let mut config = Config::default();
+        for layer in file
+            .into_iter()
+            .chain([Layer::from_env(env)?, args.layer()?])
+        {
+            layer.apply_to(&mut config);
+        }
+        Ok(config)
+    }
+
+    /// Parses a whole config file's text (`origin` names it in errors).
+    pub fn from_toml(text: &str, origin: &str) -> Result<Config, ConfigError> {
+        let mut config = Config::default();
+        Layer::from_toml(text, origin)?.apply_to(&mut config);
+        Ok(config)
+    }
+}
+
+/// The settings one source gives; `None` = this source is silent.
+#[derive(Debug, Default)]
+struct Layer {
+    listen: Option<Vec<ListenAddr>>,
+    framing: Option<Framing>,
+    max_frame_length: Option<usize>,
+    max_connections: Option<usize>,
+    idle_timeout: Option<Option<Duration>>,
+    shutdown_grace: Option<Duration>,
+    log_format: Option<LogFormat>,
+    log_level: Option<String>,
+}
+
+/// A setting's value as a source gives it: text from flags and the
+/// environment, typed values from TOML.
+enum Value {
+    Text(String),
+    List(Vec<String>),
+    Toml(toml::Value),
+}
+
+impl Value {
+    fn text(self) -> Result<String, String> {
+        match self {
+            Value::Text(text) => Ok(text),
+            Value::Toml(toml::Value::String(text)) => Ok(text),
+            Value::Toml(other) => Err(format!("expected a string, found {}", other.type_str())),
+            Value::List(_) => Err("expected one value".into()),
+        }
+    }
+
+    /// A list: repeated flags, a comma-separated variable, or a TOML array.
+    fn list(self) -> Result<Vec<String>, String> {
+        match self {
+            Value::List(items) => Ok(items),
+            Value::Text(text) => Ok(text.split(',').map(|item| item.trim().to_owned()).collect()),
+            Value::Toml(toml::Value::Array(items)) => items
+                .into_iter()
+                .map(|item| Value::Toml(item).text())
+                .collect::<Result<_, _>>()
+                .map_err(|_| "expected an array of strings".into()),
+            Value::Toml(other) => Err(format!(
+                "expected an array of strings, found {}",
+                other.type_str()
+            )),
+        }
+    }
+
+    fn integer(self, min: u64, max: u64) -> Result<usize, String> {
+        let value = match self {
+            Value::Text(text) => text
+                .trim()
+                .parse::<u64>()
+                .map_err(|_| format!("expected a whole number, found {text:?}"))?,
+            Value::Toml(toml::Value::Integer(value)) => u64::try_from(value)
+                .map_err(|_| format!("must be at least {min}, found {value}"))?,
+            Value::Toml(other) => {
+                return Err(format!("expected an integer, found {}", other.type_str()))
+            }
+            Value::List(_) => return Err("expected one value".into()),
+        };
+        if !(min..=max).contains(&value) {
+            return Err(format!("must be from {min} to {max}, found {value}"));
+        }
+        usize::try_from(value).map_err(|_| format!("{value} is too large for this machine"))
+    }
+
+    /// Seconds, whole or fractional.
+    fn seconds(self) -> Result<Duration, String> {
+        let seconds = match self {
+            Value::Text(text) => text
+                .trim()
+                .parse::<f64>()
+                .map_err(|_| format!("expected a number of seconds, found {text:?}"))?,
+            Value::Toml(toml::Value::Integer(value)) => value as f64,
+            Value::Toml(toml::Value::Float(value)) => value,
+            Value::Toml(other) => {
+                return Err(format!(
+                    "expected a number of seconds, found {}",
+                    other.type_str()
+                ))
+            }
+            Value::List(_) => return Err("expected one value".into()),
+        };
+        if !seconds.is_finite() || seconds < 0.0 {
+            return Err(format!(
+                "expected a non-negative number of seconds, found {seconds}"
+            ));
+        }
+        Duration::try_from_secs_f64(seconds).map_err(|_| format!("{seconds} seconds is too long"))
+    }
+}
+
+impl Layer {
+    /// Validates and records one setting; the error says what is wrong with
+    /// the value, and the caller adds where it came from.
+    fn set(&mut self, key: &str, value: Value) -> Result<(), String> {
+        match key {
+            "listen" => {
+                let listen = value
+                    .list()?
+                    .iter()
+                    .map(|addr| addr.parse())
+                    .collect::<Result<Vec<ListenAddr>, _>>()?;
+                if listen.is_empty() {
+                    return Err("at least one address is required".into());
+                }
+                self.listen = Some(listen);
+            }
+            "framing" => self.framing = Some(value.text()?.parse()?),
+            "max_frame_length" => {
+                self.max_frame_length = Some(value.integer(1, MAX_FRAME_LENGTH_LIMIT as u64)?)
+            }
+            "max_connections" => {
+                let max = tokio::sync::Semaphore::MAX_PERMITS as u64;
+                self.max_connections = Some(value.integer(1, max)?)
+            }
+            "idle_timeout" => {
+                let timeout = value.seconds()?;
+                self.idle_timeout = Some((!timeout.is_zero()).then_some(timeout));
+            }
+            "shutdown_grace" => self.shutdown_grace = Some(value.seconds()?),
+            "log_format" => self.log_format = Some(value.text()?.parse()?),
+            "log_level" => {
+                let directive = value.text()?;
+                tracing_subscriber::EnvFilter::builder()
+                    .parse(&directive)
+                    .map_err(|error| format!("bad filter directive {directive:?}: {error}"))?;
+                self.log_level = Some(directive);
+            }
+            _ => return Err(format!("unknown key (known keys: {})", KEYS.join(", "))),
+        }
+        Ok(())
+    }
+
+    fn from_file(path: &Path) -> Result<Layer, ConfigError> {
+        let origin = path.display().to_string();
+        let text = std::fs::read_to_string(path)
+            .map_err(|error| ConfigError(format!("config file {origin}: cannot read: {error}")))?;
+        Layer::from_toml(&text, &origin)
+    }
+
+    fn from_toml(text: &str, origin: &str) -> Result<Layer, ConfigError> {
+        let table: toml::Table = text.parse().map_err(|error: toml::de::Error| {
+            let line = error
+                .span()
+                .map(|span| text[..span.start].lines().count().max(1));
+            let at = line
+                .map(|line| format!(" line {line}:"))
+                .unwrap_or_default();
+            ConfigError(format!(
+                "config file {origin}:{at} {}",
+                error.message().trim()
+            ))
+        })?;
+        let mut layer = Layer::default();
+        for (key, value) in table {
+            layer.set(&key, Value::Toml(value)).map_err(|problem| {
+                ConfigError(format!("config file {origin}: {key}: {problem}"))
+            })?;
+        }
+        Ok(layer)
+    }
+
+    /// The `ECHOD_*` variables; `RUST_LOG` counts as the log level unless
+    /// `ECHOD_LOG_LEVEL` is set too.
+    fn from_env(env: impl IntoIterator<Item = (String, String)>) -> Result<Layer, ConfigError> {
+        let mut layer = Layer::default();
+        let mut rust_log = None;
+        for (name, value) in env {
+            if name == "RUST_LOG" {
+                rust_log = Some(value);
+                continue;
+            }
+            let Some(key) = name.strip_prefix(ENV_PREFIX) else {
+                continue;
+            };
+            layer
+                .set(&key.to_ascii_lowercase(), Value::Text(value))
+                .map_err(|problem| ConfigError(format!("{name}: {problem}")))?;
+        }
+        if let (None, Some(directive)) = (&layer.log_level, rust_log) {
+            layer
+                .set("log_level", Value::Text(directive))
+                .map_err(|problem| ConfigError(format!("RUST_LOG: {problem}")))?;
+        }
+        Ok(layer)
+    }
+
+    fn apply_to(self, config: &mut Config) {
+        fn apply<T>(slot: &mut T, value: Option<T>) {
+            if let Some(value) = value {
+                *slot = value;
+            }
+        }
+        apply(&mut config.listen, self.listen);
+        apply(&mut config.framing, self.framing);
+        apply(&mut config.max_frame_length, self.max_frame_length);
+        apply(&mut config.max_connections, self.max_connections);
+        apply(&mut config.idle_timeout, self.idle_timeout);
+        apply(&mut config.shutdown_grace, self.shutdown_grace);
+        apply(&mut config.log_format, self.log_format);
+        apply(&mut config.log_level, self.log_level);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(flags: &[&str]) -> ServerArgs {
+        ServerArgs::try_parse_from(std::iter::once("echo-server").chain(flags.iter().copied()))
+            .expect("flags parse")
+    }
+
+    fn env(vars: &[(&str, &str)]) -> Vec<(String, String)> {
+        vars.iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    fn file(text: &str) -> (tempfile::NamedTempFile, String) {
+        let file = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(file.path(), text).unwrap();
+        let path = file.path().display().to_string();
+        (file, path)
+    }
+
+    #[test]
+    fn listen_addresses_parse_ipv4_ipv6_and_names() {
+        let v4: ListenAddr = "127.0.0.1:3600".parse().unwrap();
+        assert_eq!(v4.socket_addr(), Some("127.0.0.1:3600".parse().unwrap()));
+        let v6: ListenAddr = "[::1]:0".parse().unwrap();
+        assert_eq!(v6.socket_addr(), Some("[::1]:0".parse().unwrap()));
+        assert_eq!(v6.to_string(), "[::1]:0");
+        let name: ListenAddr = "localhost:3600".parse().unwrap();
+        assert_eq!(
+            (name.host(), name.port(), name.socket_addr()),
+            ("localhost", 3600, None)
+        );
+    }
+
+    #[test]
+    fn unparseable_listen_addresses_are_rejected() {
+        for bad in [
+            "3600",
+            "127.0.0.1",
+            ":3600",
+            "host:99999",
+            "::1:3600",
+            "[::1:3600",
+            "[nope]:1",
+            "a b:1",
+        ] {
+            assert!(bad.parse::<ListenAddr>().is_err(), "{bad} parsed");
+        }
+    }
+
+    #[test]
+    fn shipped_config_file_parses_and_matches_the_defaults() {
+        let text = include_str!("../config.toml");
+        assert_eq!(
+            Config::from_toml(text, "config.toml").unwrap(),
+            Config::default()
+        );
+    }
+
+    #[test]
+    fn flags_beat_environment_beats_file_beats_defaults() {
+        let (_file, path) = file("framing = \"raw\"\nmax_connections = 5\nidle_timeout = 7\nlisten = [\"127.0.0.1:1\"]\n");
+        let config = Config::load(
+            &args(&["--config", &path, "--max-connections", "9"]),
+            env(&[
+                ("ECHOD_MAX_CONNECTIONS", "8"),
+                ("ECHOD_IDLE_TIMEOUT", "0.5"),
+                ("PATH", "/bin"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(config.framing, Framing::Raw);
+        assert_eq!(config.max_connections, 9);
+        assert_eq!(config.idle_timeout, Some(Duration::from_millis(500)));
+        assert_eq!(config.listen, vec!["127.0.0.1:1".parse().unwrap()]);
+        assert_eq!(config.shutdown_grace, Config::default().shutdown_grace);
+    }
+
+    #[test]
+    fn a_higher_layer_replaces_the_whole_listen_list() {
+        let (_file, path) = file("listen = [\"127.0.0.1:1\", \"127.0.0.1:2\"]\n");
+        let from_env = Config::load(
+            &args(&["--config", &path]),
+            env(&[("ECHOD_LISTEN", "[::1]:3, 127.0.0.1:4")]),
+        )
+        .unwrap();
+        assert_eq!(
+            from_env.listen,
+            vec!["[::1]:3".parse().unwrap(), "127.0.0.1:4".parse().unwrap()]
+        );
+        let from_flags = Config::load(
+            &args(&["--config", &path, "--listen", "127.0.0.1:5"]),
+            env(&[("ECHOD_LISTEN", "[::1]:3")]),
+        )
+        .unwrap();
+        assert_eq!(from_flags.listen, vec!["127.0.0.1:5".parse().unwrap()]);
+    }
+
+    #[test]
+    fn idle_timeout_zero_means_off() {
+        let config = Config::load(
+            &args(&["--idle-timeout", "0", "--config", &file("").1]),
+            env(&[]),
+        )
+        .unwrap();
+        assert_eq!(config.idle_timeout, None);
+    }
+
+    #[test]
+    fn errors_name_the_source_and_key() {
+        let cases: [(&str, &[&str], &[(&str, &str)], &str); 10] = [
+            ("unknown = 1\n", &[], &[], "unknown: unknown key"),
+            (
+                "max_connections = \"ten\"\n",
+                &[],
+                &[],
+                "max_connections: expected an integer, found string",
+            ),
+            (
+                "max_frame_length = 0\n",
+                &[],
+                &[],
+                "max_frame_length: must be from 1",
+            ),
+            (
+                "framing = \"json\"\n",
+                &[],
+                &[],
+                "framing: unknown framing \"json\"",
+            ),
+            (
+                "listen = \"127.0.0.1:1\"\n",
+                &[],
+                &[],
+                "listen: expected an array of strings, found string",
+            ),
+            (
+                "idle_timeout = -1\n",
+                &[],
+                &[],
+                "idle_timeout: expected a non-negative number",
+            ),
+            (
+                "",
+                &["--max-connections", "0"],
+                &[],
+                "--max-connections: must be from 1",
+            ),
+            (
+                "",
+                &["--listen", "nope"],
+                &[],
+                "--listen: bad address \"nope\"",
+            ),
+            (
+                "",
+                &[],
+                &[("ECHOD_FRAMING", "xml")],
+                "ECHOD_FRAMING: unknown framing",
+            ),
+            (
+                "",
+                &[],
+                &[("ECHOD_COLOUR", "red")],
+                "ECHOD_COLOUR: unknown key",
+            ),
+        ];
+        for (text, flags, vars, expected) in cases {
+            let (_file, path) = file(text);
+            let mut flags = flags.to_vec();
+            flags.extend(["--config", &path]);
+            let error = Config::load(&args(&flags), env(vars)).unwrap_err();
+            assert!(
+                error.0.contains(expected),
+                "{:?} does not contain {expected:?}",
+                error.0
+            );
+        }
+    }
+
+    #[test]
+    fn toml_syntax_errors_give_the_line() {
+        let error =
+            Config::from_toml("framing = \"lines\"\nmax_connections = \n", "f.toml").unwrap_err();
+        assert!(
+            error.0.starts_with("config file f.toml: line 2:"),
+            "{}",
+            error.0
+        );
+    }
+
+    #[test]
+    fn missing_config_file_named_by_flag_is_an_error() {
+        let error =
+            Config::load(&args(&["--config", "/nonexistent/echod.toml"]), env(&[])).unwrap_err();
+        assert!(
+            error.0.contains("/nonexistent/echod.toml: cannot read"),
+            "{}",
+            error.0
+        );
+    }
+
+    #[test]
+    fn rust_log_beats_the_file_but_not_echod_log_level() {
+        let (_file, path) = file("log_level = \"warn\"\n");
+        let load = |vars: &[(&str, &str)]| {
+            Config::load(&args(&["--config", &path]), env(vars))
+                .unwrap()
+                .log_level
+        };
+        assert_eq!(load(&[]), "warn");
+        assert_eq!(load(&[("RUST_LOG", "debug")]), "debug");
+        assert_eq!(
+            load(&[("RUST_LOG", "debug"), ("ECHOD_LOG_LEVEL", "trace")]),
+            "trace"
+        );
+    }
+
+    #[test]
+    fn bad_log_filter_is_rejected() {
+        let error = Config::load(
+            &args(&["--log-level", "echod=loud", "--config", &file("").1]),
+            env(&[]),
+        )
+        .unwrap_err();
+        assert!(
+            error.0.starts_with("--log-level: bad filter directive"),
+            "{}",
+            error.0
+        );
+    }
+}

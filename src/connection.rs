@@ -1,0 +1,278 @@
+//! The per-connection echo loop, written once for any byte stream.
+//!
+//! Shape: `loop { read; write back every whole frame read so far }`. The loop
+//! writes straight out of its read buffer, one write per batch of complete
+//! frames, and does not read again until that write is done — a client that
+//! does not read its echoes stops being read (backpressure), so memory per
+//! connection stays at one read buffer plus the frame limit.
+
+use std::{
+    fmt, io,
+    pin::Pin,
+    task::Poll,
+    time::{Duration, Instant},
+};
+
+use bytes::{Buf, BytesMut};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio_util::sync::CancellationToken;
+
+use crate::codec::{EchoCodec, FrameError};
+
+/// Bytes asked of the socket per read. Large enough that one read usually
+/// takes everything the kernel holds for this connection.
+pub const READ_CHUNK: usize = 16 * 1024;
+
+/// What every connection of a server shares.
+#[derive(Clone, Copy, Debug)]
+pub struct ConnectionSettings {
+    /// Framing and frame limit.
+    pub codec: EchoCodec,
+    /// Close after this long with no byte in or out; `None` = never.
+    pub idle_timeout: Option<Duration>,
+}
+
+/// Why a connection ended.
+#[derive(Debug)]
+pub enum CloseReason {
+    /// The client shut its write side and got every echo back.
+    ClientClosed,
+    /// Nothing was received or sent for the idle timeout.
+    IdleTimeout,
+    /// A frame broke the limit; the frames before it were echoed.
+    FrameTooLong(FrameError),
+    /// Graceful shutdown: pending echoes were written, then the server closed.
+    Shutdown,
+    /// The shutdown grace period ended before the connection finished.
+    Cut,
+    /// The socket failed (reset by the peer, broken pipe, …).
+    Error(io::Error),
+}
+
+impl CloseReason {
+    /// True for the ordinary end of a connection, which is logged at DEBUG;
+    /// the rest are worth an operator's attention at INFO.
+    pub fn is_routine(&self) -> bool {
+        matches!(self, CloseReason::ClientClosed | CloseReason::Shutdown)
+    }
+}
+
+impl fmt::Display for CloseReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CloseReason::ClientClosed => f.write_str("client closed"),
+            CloseReason::IdleTimeout => f.write_str("idle timeout"),
+            CloseReason::FrameTooLong(error) => write!(f, "frame too long: {error}"),
+            CloseReason::Shutdown => f.write_str("server shutting down"),
+            CloseReason::Cut => f.write_str("cut at the shutdown deadline"),
+            CloseReason::Error(error) => write!(f, "socket error: {error}"),
+        }
+    }
+}
+
+/// Counters of one connection, readable even when its task was cut short.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct ConnectionStats {
+    /// Bytes read from the client.
+    pub bytes_received: u64,
+    /// Bytes written back.
+    pub bytes_echoed: u64,
+    /// Bytes of a truncated length frame dropped at end of input.
+    pub bytes_truncated: u64,
+}
+
+/// Runs the echo loop until the connection ends, then returns why.
+///
+/// When `drain` is cancelled the loop stops waiting for input: it takes what
+/// the socket already holds, echoes every byte of it that forms a frame,
+/// sends FIN and returns [`CloseReason::Shutdown`].
+pub async fn echo<S>(
+    stream: &mut S,
+    settings: &ConnectionSettings,
+    drain: &CancellationToken,
+    stats: &mut ConnectionStats,
+) -> CloseReason
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut conn = Echo {
+        stream,
+        codec: settings.codec,
+        idle: IdleTimer::new(settings.idle_timeout),
+        buf: BytesMut::new(),
+        stats,
+    };
+    match conn.run(drain).await {
+        Ok(reason) => reason,
+        Err(error) if error.kind() == io::ErrorKind::TimedOut => CloseReason::IdleTimeout,
+        Err(error) => CloseReason::Error(error),
+    }
+}
+
+struct Echo<'a, S> {
+    stream: &'a mut S,
+    codec: EchoCodec,
+    idle: IdleTimer,
+    /// Input not yet echoed: always starts on a frame boundary.
+    buf: BytesMut,
+    stats: &'a mut ConnectionStats,
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Echo<'_, S> {
+    async fn run(&mut self, drain: &CancellationToken) -> io::Result<CloseReason> {
+        // Pinned once: registering for cancellation on every read would
+        // cost a lock per read.
+        let drained = drain.cancelled();
+        tokio::pin!(drained);
+        loop {
+            self.buf.reserve(READ_CHUNK);
+            let read = tokio::select! {
+                biased;
+                _ = &mut drained => return self.finish_draining().await,
+                read = self.stream.read_buf(&mut self.buf) => read?,
+                () = self.idle.expired() => return Ok(CloseReason::IdleTimeout),
+            };
+            if read == 0 {
+                return self.finish(CloseReason::ClientClosed).await;
+            }
+            self.received(read);
+            if let Some(error) = self.echo_complete_frames().await? {
+                return Ok(CloseReason::FrameTooLong(error));
+            }
+        }
+    }
+
+    fn received(&mut self, bytes: usize) {
+        self.stats.bytes_received += bytes as u64;
+        self.idle.touch();
+        tracing::trace!(bytes, "read");
+    }
+
+    /// Writes back every whole frame in the buffer, in one write.
+    async fn echo_complete_frames(&mut self) -> io::Result<Option<FrameError>> {
+        let prefix = self.codec.complete_prefix(&self.buf);
+        self.write_out(prefix.len).await?;
+        Ok(prefix.error)
+    }
+
+    /// Writes the first `len` bytes of the buffer and drops them from it.
+    /// Not interrupted by shutdown: a write in progress is finished, and
+    /// only the grace deadline cuts it.
+    async fn write_out(&mut self, len: usize) -> io::Result<()> {
+        let mut written = 0;
+        while written < len {
+            let n = tokio::select! {
+                biased;
+                n = self.stream.write(&self.buf[written..len]) => n?,
+                () = self.idle.expired() => return Err(io::ErrorKind::TimedOut.into()),
+            };
+            if n == 0 {
+                return Err(io::ErrorKind::WriteZero.into());
+            }
+            written += n;
+            self.stats.bytes_echoed += n as u64;
+            self.idle.touch();
+        }
+        self.buf.advance(len);
+        Ok(())
+    }
+
+    /// Shutdown: echo what the socket holds now, without waiting for more.
+    async fn finish_draining(&mut self) -> io::Result<CloseReason> {
+        loop {
+            self.buf.reserve(READ_CHUNK);
+            match read_now(self.stream, &mut self.buf).await {
+                Some(Ok(0)) | None => break,
+                Some(Ok(read)) => {
+                    self.received(read);
+                    if let Some(error) = self.echo_complete_frames().await? {
+                        return Ok(CloseReason::FrameTooLong(error));
+                    }
+                }
+                Some(Err(error)) => return Err(error),
+            }
+        }
+        self.finish(CloseReason::Shutdown).await
+    }
+
+    /// End of input: echo a final unterminated frame, drop a truncated one,
+    /// then send FIN.
+    async fn finish(&mut self, reason: CloseReason) -> io::Result<CloseReason> {
+        if let Some(error) = self.echo_complete_frames().await? {
+            return Ok(CloseReason::FrameTooLong(error));
+        }
+        let remainder = self.codec.remainder(&self.buf);
+        self.write_out(remainder.echo).await?;
+        self.stats.bytes_truncated += remainder.truncated as u64;
+        self.buf.clear();
+        self.stream.shutdown().await?;
+        Ok(reason)
+    }
+}
+
+/// One read that does not wait: `None` when nothing is readable right now.
+async fn read_now<S: AsyncRead + Unpin>(
+    stream: &mut S,
+    buf: &mut BytesMut,
+) -> Option<io::Result<usize>> {
+    // Unconstrained: tokio's cooperative budget must not make a ready
+    // socket look empty here, or bytes received before shutdown would be lost.
+    tokio::task::unconstrained(std::future::poll_fn(|cx| {
+        let spare = buf.spare_capacity_mut();
+        let mut read_buf = ReadBuf::uninit(spare);
+        match Pin::new(&mut *stream).poll_read(cx, &mut read_buf) {
+            Poll::Pending => Poll::Ready(None),
+            Poll::Ready(Err(error)) => Poll::Ready(Some(Err(error))),
+            Poll::Ready(Ok(())) => {
+                let filled = read_buf.filled().len();
+                // SAFETY: poll_read initialised `filled` bytes of the spare
+                // capacity, which directly follows the buffer's length.
+                unsafe { buf.set_len(buf.len() + filled) };
+                Poll::Ready(Some(Ok(filled)))
+            }
+        }
+    }))
+    .await
+}
+
+/// The idle timeout, kept cheap on the hot path: I/O only records the time
+/// of its last progress; the timer is re-armed when it fires early.
+struct IdleTimer {
+    timeout: Option<Duration>,
+    last_activity: Instant,
+    sleep: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl IdleTimer {
+    fn new(timeout: Option<Duration>) -> Self {
+        Self {
+            timeout,
+            last_activity: Instant::now(),
+            sleep: None,
+        }
+    }
+
+    fn touch(&mut self) {
+        if self.timeout.is_some() {
+            self.last_activity = Instant::now();
+        }
+    }
+
+    /// Resolves once nothing has moved for the timeout; never if it is off.
+    async fn expired(&mut self) {
+        let Some(timeout) = self.timeout else {
+            return std::future::pending().await;
+        };
+        loop {
+            let deadline = tokio::time::Instant::from_std(self.last_activity + timeout);
+            match &mut self.sleep {
+                Some(sleep) if sleep.deadline() == deadline => sleep.as_mut().await,
+                Some(sleep) => sleep.as_mut().reset(deadline),
+                None => self.sleep = Some(Box::pin(tokio::time::sleep_until(deadline))),
+            }
+            if self.last_activity + timeout <= Instant::now() {
+                return;
+            }
+        }
+    }
+}

@@ -1,0 +1,323 @@
+//! Listeners, the accept loops, the connection limit and shutdown.
+//!
+//! [`Server::bind`] resolves and binds every listen address (so a busy port
+//! fails before anything is served) and logs `listening on ADDR` for each.
+//! [`Server::run`] starts one accept loop per listener; each accepted
+//! connection takes a permit of one shared semaphore (the connection limit)
+//! and runs [`crate::connection::echo`] in its own task.
+//!
+//! Shutdown falls out of two tokens: `drain` (listeners close, connections
+//! finish their echoes and close) and `cut` (the grace period is over; what
+//! is still open is dropped). A [`TaskTracker`] tells when all have ended.
+
+use std::{
+    future::Future,
+    io,
+    net::SocketAddr,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use tokio::{
+    net::{TcpListener, TcpStream},
+    sync::{OwnedSemaphorePermit, Semaphore},
+    task::JoinSet,
+};
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+use tracing::{debug, info, warn};
+
+use crate::{
+    codec::EchoCodec,
+    config::{Config, ListenAddr},
+    connection::{self, CloseReason, ConnectionSettings, ConnectionStats},
+};
+
+/// Pending connections the kernel queues per listener (capped by
+/// `net.core.somaxconn`); clients past `max_connections` wait here.
+const LISTEN_BACKLOG: i32 = 4096;
+/// First and last wait after an accept error such as EMFILE.
+const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(5);
+const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
+
+/// A start-up or run-time failure: exit code 1.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("cannot resolve {addr}: {source}")]
+    Resolve { addr: ListenAddr, source: io::Error },
+    #[error("cannot listen on {addr}: {source}")]
+    Bind { addr: SocketAddr, source: io::Error },
+    #[error("{0}")]
+    Io(#[from] io::Error),
+}
+
+/// How a shutdown went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ShutdownReport {
+    /// Connections still open at the grace deadline, which were cut.
+    pub cut: usize,
+}
+
+/// A bound, not yet serving, echo server.
+pub struct Server {
+    listeners: Vec<TcpListener>,
+    local_addrs: Vec<SocketAddr>,
+    config: Config,
+}
+
+impl Server {
+    /// Resolves and binds every listen address of `config`, then logs
+    /// `listening on ADDR` once per listener with its real port.
+    pub async fn bind(config: Config) -> Result<Server, ServerError> {
+        let mut addrs = Vec::new();
+        for listen in &config.listen {
+            for addr in resolve(listen).await? {
+                if !addrs.contains(&addr) {
+                    addrs.push(addr);
+                }
+            }
+        }
+        let mut listeners = Vec::with_capacity(addrs.len());
+        let mut local_addrs = Vec::with_capacity(addrs.len());
+        for addr in addrs {
+            let listener =
+                bind_listener(addr).map_err(|source| ServerError::Bind { addr, source })?;
+            local_addrs.push(listener.local_addr()?);
+            listeners.push(listener);
+        }
+        for addr in &local_addrs {
+            info!(address = %addr, "listening on {addr}");
+        }
+        Ok(Server {
+            listeners,
+            local_addrs,
+            config,
+        })
+    }
+
+    /// The bound addresses, with the real port where port 0 was asked.
+    pub fn local_addrs(&self) -> &[SocketAddr] {
+        &self.local_addrs
+    }
+
+    /// Serves until `shutdown` resolves (with a name for the log), then
+    /// shuts down gracefully: listeners close at once, every connection
+    /// echoes what it has and closes, and whatever is still open after
+    /// `shutdown_grace` is cut.
+    pub async fn run<F, S>(self, shutdown: F) -> ShutdownReport
+    where
+        F: Future<Output = S>,
+        S: std::fmt::Display,
+    {
+        let shared = Arc::new(Shared {
+            settings: ConnectionSettings {
+                codec: EchoCodec::new(self.config.framing, self.config.max_frame_length),
+                idle_timeout: self.config.idle_timeout,
+            },
+            permits: Arc::new(Semaphore::new(self.config.max_connections)),
+            drain: CancellationToken::new(),
+            cut: CancellationToken::new(),
+            connections: TaskTracker::new(),
+        });
+        let mut accept_loops = JoinSet::new();
+        for listener in self.listeners {
+            accept_loops.spawn(accept_loop(listener, shared.clone()));
+        }
+
+        let cause = shutdown.await;
+        let grace = self.config.shutdown_grace;
+        info!(
+            "{cause}: shutting down; no new connections, open ones get {:.1}s to finish",
+            grace.as_secs_f64()
+        );
+        shared.drain.cancel();
+        // Every accept loop returns at once on `drain`, dropping (closing) its listener.
+        while accept_loops.join_next().await.is_some() {}
+
+        shared.connections.close();
+        let mut report = ShutdownReport { cut: 0 };
+        if tokio::time::timeout(grace, shared.connections.wait())
+            .await
+            .is_err()
+        {
+            report.cut = shared.connections.len();
+            warn!(
+                connections = report.cut,
+                "{} connection(s) still open at the {:.1}s shutdown deadline were cut",
+                report.cut,
+                grace.as_secs_f64()
+            );
+            shared.cut.cancel();
+            shared.connections.wait().await;
+        }
+        info!("shutdown complete");
+        report
+    }
+}
+
+/// The whole daemon: a runtime, signal handlers (installed before any
+/// listener is bound), the listeners, and serving until SIGINT/SIGTERM.
+pub fn run_until_signalled(config: Config) -> Result<ShutdownReport, ServerError> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let signals = crate::shutdown::Signals::install()?;
+        let server = Server::bind(config).await?;
+        Ok(server.run(signals.recv()).await)
+    })
+}
+
+/// What the accept loops and connection tasks share.
+struct Shared {
+    settings: ConnectionSettings,
+    permits: Arc<Semaphore>,
+    drain: CancellationToken,
+    cut: CancellationToken,
+    connections: TaskTracker,
+}
+
+async fn resolve(listen: &ListenAddr) -> Result<Vec<SocketAddr>, ServerError> {
+    if let Some(addr) = listen.socket_addr() {
+        return Ok(vec![addr]);
+    }
+    let resolve_error = |source| ServerError::Resolve {
+        addr: listen.clone(),
+        source,
+    };
+    let addrs: Vec<SocketAddr> = tokio::net::lookup_host((listen.host(), listen.port()))
+        .await
+        .map_err(resolve_error)?
+        .collect();
+    if addrs.is_empty() {
+        return Err(resolve_error(io::Error::new(
+            io::ErrorKind::NotFound,
+            "no addresses found",
+        )));
+    }
+    Ok(addrs)
+}
+
+/// A listening socket, set up the way a server wants it on every platform.
+fn bind_listener(addr: SocketAddr) -> io::Result<TcpListener> {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    // Restarting must not fail on the previous run's TIME_WAIT sockets. (On
+    // Windows SO_REUSEADDR would allow stealing a live port, so not there.)
+    #[cfg(unix)]
+    socket.set_reuse_address(true)?;
+    if addr.is_ipv6() {
+        // Explicit, so behaviour does not depend on the host's
+        // net.ipv6.bindv6only: [::] means IPv6 only; add 0.0.0.0 for IPv4.
+        socket.set_only_v6(true)?;
+    }
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(LISTEN_BACKLOG)?;
+    TcpListener::from_std(socket.into())
+}
+
+async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
+    let local = listener.local_addr().ok();
+    let mut backoff = ACCEPT_BACKOFF_MIN;
+    loop {
+        let accepted = tokio::select! {
+            biased;
+            _ = shared.drain.cancelled() => return,
+            accepted = listener.accept() => accepted,
+        };
+        let (stream, peer) = match accepted {
+            Ok(accepted) => {
+                backoff = ACCEPT_BACKOFF_MIN;
+                accepted
+            }
+            // The client gave up before we got to it: nothing to wait for.
+            Err(error) if is_connection_error(&error) => {
+                debug!(%error, "accept: connection gone before it was accepted");
+                continue;
+            }
+            // Out of file descriptors or memory: retrying at once would spin
+            // a core. Wait, and let existing connections free resources.
+            Err(error) => {
+                warn!(
+                    %error,
+                    "accept failed on {}; retrying in {}ms",
+                    local.map_or_else(|| "listener".into(), |addr| addr.to_string()),
+                    backoff.as_millis()
+                );
+                tokio::select! {
+                    biased;
+                    _ = shared.drain.cancelled() => return,
+                    () = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(ACCEPT_BACKOFF_MAX);
+                continue;
+            }
+        };
+        // The connection limit: at most one accepted connection per listener
+        // waits here for a slot; everyone else waits in the kernel backlog.
+        let permit = tokio::select! {
+            biased;
+            _ = shared.drain.cancelled() => return,
+            permit = shared.permits.clone().acquire_owned() => match permit {
+                Ok(permit) => permit,
+                Err(_closed) => return,
+            },
+        };
+        shared
+            .connections
+            .spawn(serve(stream, peer, permit, shared.clone()));
+    }
+}
+
+fn is_connection_error(error: &io::Error) -> bool {
+    matches!(
+        error.kind(),
+        io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::ConnectionRefused
+            | io::ErrorKind::Interrupted
+    )
+}
+
+/// One connection's task: echo until it ends or is cut, then log one line.
+async fn serve(
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    _permit: OwnedSemaphorePermit,
+    shared: Arc<Shared>,
+) {
+    let opened = Instant::now();
+    // Echo replies are latency-bound: never hold a reply back for Nagle.
+    if let Err(error) = stream.set_nodelay(true) {
+        debug!(%peer, %error, "cannot set TCP_NODELAY");
+    }
+    debug!(%peer, "connection opened");
+    let mut stats = ConnectionStats::default();
+    let reason = tokio::select! {
+        biased;
+        _ = shared.cut.cancelled() => CloseReason::Cut,
+        reason = connection::echo(&mut stream, &shared.settings, &shared.drain, &mut stats) => reason,
+    };
+    log_close(peer, &reason, &stats, opened.elapsed());
+}
+
+fn log_close(peer: SocketAddr, reason: &CloseReason, stats: &ConnectionStats, lifetime: Duration) {
+    macro_rules! close_event {
+        ($level:ident) => {
+            tracing::$level!(
+                %peer,
+                %reason,
+                bytes_received = stats.bytes_received,
+                bytes_echoed = stats.bytes_echoed,
+                bytes_truncated = stats.bytes_truncated,
+                duration_ms = lifetime.as_millis() as u64,
+                "connection from {peer} closed: {reason}"
+            )
+        };
+    }
+    if reason.is_routine() && stats.bytes_truncated == 0 {
+        close_event!(debug);
+    } else {
+        close_event!(info);
+    }
+}

@@ -1,0 +1,59 @@
+//! The shutdown signal: what starts a graceful shutdown.
+//!
+//! Shutdown itself is two [`CancellationToken`]s owned by the server: `drain`
+//! (stop accepting, finish echoes, close) and `cut` (the grace deadline has
+//! passed; drop whatever is still open). This module turns operating-system
+//! signals into the future that triggers `drain`.
+
+use std::io;
+
+/// Signal handlers, installed when this value is created.
+///
+/// Create it before binding listeners: a SIGTERM that arrives between the
+/// `listening on` line and the handler installation would otherwise kill the
+/// process without a graceful shutdown.
+pub struct Signals {
+    #[cfg(unix)]
+    interrupt: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    terminate: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    /// Installs handlers for SIGINT and SIGTERM (Ctrl-C elsewhere). Must be
+    /// called inside a tokio runtime.
+    pub fn install() -> io::Result<Signals> {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            Ok(Signals {
+                interrupt: signal(SignalKind::interrupt())?,
+                terminate: signal(SignalKind::terminate())?,
+            })
+        }
+        #[cfg(not(unix))]
+        {
+            Ok(Signals {})
+        }
+    }
+
+    /// Resolves at the first signal, with its name for the log.
+    pub async fn recv(mut self) -> &'static str {
+        #[cfg(unix)]
+        {
+            tokio::select! {
+                _ = self.interrupt.recv() => "SIGINT",
+                _ = self.terminate.recv() => "SIGTERM",
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            // Without a handler this process would die on Ctrl-C, so a
+            // failure to listen for it is treated as never signalled.
+            match tokio::signal::ctrl_c().await {
+                Ok(()) => "Ctrl-C",
+                Err(_) => std::future::pending().await,
+            }
+        }
+    }
+}
