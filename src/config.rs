@@ -67,19 +67,19 @@ pub struct ServerArgs {
     pub framing: Option<String>,
     /// Longest frame in bytes (a line's \n counted, a length header not)
     /// [default: 65536].
-    #[arg(long, value_name = "BYTES")]
+    #[arg(long, value_name = "BYTES", allow_negative_numbers = true)]
     pub max_frame_length: Option<String>,
     /// Connections served at once; more wait in the kernel backlog
     /// [default: 10000].
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", allow_negative_numbers = true)]
     pub max_connections: Option<String>,
     /// Close a connection after this long with no byte in or out; 0 = never
     /// [default: 300].
-    #[arg(long, value_name = "SECS")]
+    #[arg(long, value_name = "SECS", allow_negative_numbers = true)]
     pub idle_timeout: Option<String>,
     /// On SIGINT/SIGTERM, how long connections may take to finish their
     /// echoes before they are cut [default: 10].
-    #[arg(long, value_name = "SECS")]
+    #[arg(long, value_name = "SECS", allow_negative_numbers = true)]
     pub shutdown_grace: Option<String>,
     /// Log line format on stderr [default: text].
     #[arg(long, value_parser = PossibleValuesParser::new(["text", "json"]))]
@@ -615,7 +615,8 @@ mod tests {
 
     #[test]
     fn errors_name_the_source_and_key() {
-        let cases: [(&str, &[&str], &[(&str, &str)], &str); 10] = [
+        type Case<'a> = (&'a str, &'a [&'a str], &'a [(&'a str, &'a str)], &'a str);
+        let cases: [Case; 10] = [
             ("unknown = 1\n", &[], &[], "unknown: unknown key"),
             (
                 "max_connections = \"ten\"\n",

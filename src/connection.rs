@@ -9,12 +9,11 @@
 use std::{
     fmt, io,
     pin::Pin,
-    task::Poll,
     time::{Duration, Instant},
 };
 
 use bytes::{Buf, BytesMut};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
 use crate::codec::{EchoCodec, FrameError};
@@ -81,6 +80,32 @@ pub struct ConnectionStats {
     pub bytes_truncated: u64,
 }
 
+/// A byte stream the echo loop can serve.
+pub trait EchoStream: AsyncRead + AsyncWrite + Unpin {
+    /// Reads bytes that have already arrived, without waiting: `Ok(None)`
+    /// when there are none. Unlike `poll_read`, this must ask the operating
+    /// system, not the runtime's last readiness event, which may lag behind:
+    /// shutdown uses it to find every byte received before the signal.
+    fn read_arrived(&mut self, buf: &mut BytesMut) -> io::Result<Option<usize>>;
+}
+
+impl EchoStream for tokio::net::TcpStream {
+    fn read_arrived(&mut self, buf: &mut BytesMut) -> io::Result<Option<usize>> {
+        // The socket is non-blocking, so recv returns WouldBlock when empty.
+        match socket2::SockRef::from(&*self).recv(buf.spare_capacity_mut()) {
+            Ok(read) => {
+                // SAFETY: recv initialised `read` bytes of the spare
+                // capacity, which directly follows the buffer's length.
+                unsafe { buf.set_len(buf.len() + read) };
+                Ok(Some(read))
+            }
+            Err(error) if error.kind() == io::ErrorKind::WouldBlock => Ok(None),
+            Err(error) if error.kind() == io::ErrorKind::Interrupted => self.read_arrived(buf),
+            Err(error) => Err(error),
+        }
+    }
+}
+
 /// Runs the echo loop until the connection ends, then returns why.
 ///
 /// When `drain` is cancelled the loop stops waiting for input: it takes what
@@ -93,7 +118,7 @@ pub async fn echo<S>(
     stats: &mut ConnectionStats,
 ) -> CloseReason
 where
-    S: AsyncRead + AsyncWrite + Unpin,
+    S: EchoStream,
 {
     let mut conn = Echo {
         stream,
@@ -118,7 +143,7 @@ struct Echo<'a, S> {
     stats: &'a mut ConnectionStats,
 }
 
-impl<S: AsyncRead + AsyncWrite + Unpin> Echo<'_, S> {
+impl<S: EchoStream> Echo<'_, S> {
     async fn run(&mut self, drain: &CancellationToken) -> io::Result<CloseReason> {
         // Pinned once: registering for cancellation on every read would
         // cost a lock per read.
@@ -137,7 +162,23 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Echo<'_, S> {
             }
             self.received(read);
             if let Some(error) = self.echo_complete_frames().await? {
-                return Ok(CloseReason::FrameTooLong(error));
+                return self.close_early(CloseReason::FrameTooLong(error)).await;
+            }
+        }
+    }
+
+    /// Ends a connection whose client may still be sending: FIN after the
+    /// echoes written so far, then discard what has already arrived, so
+    /// that closing does not send a reset (which would make the client's
+    /// kernel discard echoes it has not read yet).
+    async fn close_early(&mut self, reason: CloseReason) -> io::Result<CloseReason> {
+        self.stream.shutdown().await?;
+        loop {
+            self.buf.clear();
+            self.buf.reserve(READ_CHUNK);
+            match self.stream.read_arrived(&mut self.buf)? {
+                Some(0) | None => return Ok(reason),
+                Some(_) => continue,
             }
         }
     }
@@ -181,15 +222,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Echo<'_, S> {
     async fn finish_draining(&mut self) -> io::Result<CloseReason> {
         loop {
             self.buf.reserve(READ_CHUNK);
-            match read_now(self.stream, &mut self.buf).await {
-                Some(Ok(0)) | None => break,
-                Some(Ok(read)) => {
+            match self.stream.read_arrived(&mut self.buf)? {
+                Some(0) | None => break,
+                Some(read) => {
                     self.received(read);
                     if let Some(error) = self.echo_complete_frames().await? {
-                        return Ok(CloseReason::FrameTooLong(error));
+                        return self.close_early(CloseReason::FrameTooLong(error)).await;
                     }
                 }
-                Some(Err(error)) => return Err(error),
             }
         }
         self.finish(CloseReason::Shutdown).await
@@ -199,40 +239,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Echo<'_, S> {
     /// then send FIN.
     async fn finish(&mut self, reason: CloseReason) -> io::Result<CloseReason> {
         if let Some(error) = self.echo_complete_frames().await? {
-            return Ok(CloseReason::FrameTooLong(error));
+            return self.close_early(CloseReason::FrameTooLong(error)).await;
         }
         let remainder = self.codec.remainder(&self.buf);
         self.write_out(remainder.echo).await?;
         self.stats.bytes_truncated += remainder.truncated as u64;
         self.buf.clear();
-        self.stream.shutdown().await?;
-        Ok(reason)
-    }
-}
-
-/// One read that does not wait: `None` when nothing is readable right now.
-async fn read_now<S: AsyncRead + Unpin>(
-    stream: &mut S,
-    buf: &mut BytesMut,
-) -> Option<io::Result<usize>> {
-    // Unconstrained: tokio's cooperative budget must not make a ready
-    // socket look empty here, or bytes received before shutdown would be lost.
-    tokio::task::unconstrained(std::future::poll_fn(|cx| {
-        let spare = buf.spare_capacity_mut();
-        let mut read_buf = ReadBuf::uninit(spare);
-        match Pin::new(&mut *stream).poll_read(cx, &mut read_buf) {
-            Poll::Pending => Poll::Ready(None),
-            Poll::Ready(Err(error)) => Poll::Ready(Some(Err(error))),
-            Poll::Ready(Ok(())) => {
-                let filled = read_buf.filled().len();
-                // SAFETY: poll_read initialised `filled` bytes of the spare
-                // capacity, which directly follows the buffer's length.
-                unsafe { buf.set_len(buf.len() + filled) };
-                Poll::Ready(Some(Ok(filled)))
-            }
+        if matches!(reason, CloseReason::ClientClosed) {
+            self.stream.shutdown().await?;
+            return Ok(reason);
         }
-    }))
-    .await
+        self.close_early(reason).await
+    }
 }
 
 /// The idle timeout, kept cheap on the hot path: I/O only records the time

@@ -24,7 +24,7 @@ use tokio::{
     task::JoinSet,
 };
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
-use tracing::{debug, info, warn};
+use tracing::{debug, info, warn, Instrument};
 
 use crate::{
     codec::EchoCodec,
@@ -70,11 +70,7 @@ impl Server {
     pub async fn bind(config: Config) -> Result<Server, ServerError> {
         let mut addrs = Vec::new();
         for listen in &config.listen {
-            for addr in resolve(listen).await? {
-                if !addrs.contains(&addr) {
-                    addrs.push(addr);
-                }
-            }
+            addrs.extend(resolve(listen).await?);
         }
         let mut listeners = Vec::with_capacity(addrs.len());
         let mut local_addrs = Vec::with_capacity(addrs.len());
@@ -125,13 +121,14 @@ impl Server {
 
         let cause = shutdown.await;
         let grace = self.config.shutdown_grace;
-        info!(
-            "{cause}: shutting down; no new connections, open ones get {:.1}s to finish",
-            grace.as_secs_f64()
-        );
         shared.drain.cancel();
         // Every accept loop returns at once on `drain`, dropping (closing) its listener.
         while accept_loops.join_next().await.is_some() {}
+        info!(
+            "{cause}: shutting down; listeners closed, {} open connection(s) get {:.1}s to finish",
+            shared.connections.len(),
+            grace.as_secs_f64()
+        );
 
         shared.connections.close();
         let mut report = ShutdownReport { cut: 0 };
@@ -184,10 +181,12 @@ async fn resolve(listen: &ListenAddr) -> Result<Vec<SocketAddr>, ServerError> {
         addr: listen.clone(),
         source,
     };
-    let addrs: Vec<SocketAddr> = tokio::net::lookup_host((listen.host(), listen.port()))
+    let mut addrs: Vec<SocketAddr> = tokio::net::lookup_host((listen.host(), listen.port()))
         .await
         .map_err(resolve_error)?
         .collect();
+    // A resolver may list an address more than once; bind each once.
+    addrs.dedup();
     if addrs.is_empty() {
         return Err(resolve_error(io::Error::new(
             io::ErrorKind::NotFound,
@@ -293,10 +292,13 @@ async fn serve(
     }
     debug!(%peer, "connection opened");
     let mut stats = ConnectionStats::default();
+    // Events inside the echo loop (TRACE `read`) name their connection.
+    let span = tracing::debug_span!(target: "echod::connection", "connection", %peer);
+    let echo = connection::echo(&mut stream, &shared.settings, &shared.drain, &mut stats);
     let reason = tokio::select! {
         biased;
         _ = shared.cut.cancelled() => CloseReason::Cut,
-        reason = connection::echo(&mut stream, &shared.settings, &shared.drain, &mut stats) => reason,
+        reason = echo.instrument(span) => reason,
     };
     log_close(peer, &reason, &stats, opened.elapsed());
 }
