@@ -29,9 +29,12 @@ const SEND_BATCH: usize = 64 * 1024;
 #[command(
     name = "echo-client",
     version,
-    about = "Send stdin lines to an echo server and print the echoes"
+    about = "Send stdin lines to an echo server and print the echoes",
+    args_conflicts_with_subcommands = true
 )]
 pub struct ClientArgs {
+    #[command(subcommand)]
+    pub command: Option<ClientCommand>,
     /// Server address, HOST:PORT or [IPv6]:PORT.
     #[arg(default_value = DEFAULT_LISTEN, value_name = "ADDR")]
     pub addr: String,
@@ -42,6 +45,14 @@ pub struct ClientArgs {
     /// end of input.
     #[arg(long, default_value = "10", value_name = "SECS")]
     pub timeout: String,
+}
+
+/// `echo-client`'s subcommands.
+#[derive(Debug, clap::Subcommand)]
+pub enum ClientCommand {
+    /// Load generator: N connections, K messages in flight each, every echo
+    /// verified, throughput and latency reported.
+    Bench(crate::bench::BenchArgs),
 }
 
 /// Why the client failed, and so its exit code.
@@ -83,6 +94,9 @@ pub fn parse_seconds(flag: &str, text: &str) -> Result<Duration, ClientError> {
 
 /// Runs the interactive client to completion on stdin and stdout.
 pub fn run(args: ClientArgs) -> Result<(), ClientError> {
+    if let Some(ClientCommand::Bench(bench)) = args.command {
+        return crate::bench::run(bench);
+    }
     let addr: ListenAddr = args
         .addr
         .parse()

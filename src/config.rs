@@ -27,7 +27,7 @@ pub const DEFAULT_CONFIG_FILE: &str = "config.toml";
 pub const ENV_PREFIX: &str = "ECHOD_";
 
 /// Every config key, in the order the docs list them.
-pub const KEYS: [&str; 8] = [
+pub const KEYS: [&str; 10] = [
     "listen",
     "framing",
     "max_frame_length",
@@ -36,6 +36,8 @@ pub const KEYS: [&str; 8] = [
     "shutdown_grace",
     "log_format",
     "log_level",
+    "workers",
+    "tcp_nodelay",
 ];
 
 /// A bad setting: exit code 2, and a message naming the key and the problem.
@@ -88,6 +90,14 @@ pub struct ServerArgs {
     /// echod=trace [default: $RUST_LOG, else info].
     #[arg(long, value_name = "LEVEL")]
     pub log_level: Option<String>,
+    /// Runtime worker threads; 1 runs everything on one thread (tokio's
+    /// current-thread runtime) [default: available cores].
+    #[arg(long, value_name = "N", allow_negative_numbers = true)]
+    pub workers: Option<String>,
+    /// Set TCP_NODELAY on accepted connections, so replies are never held
+    /// back by Nagle's algorithm [default: true].
+    #[arg(long, value_name = "BOOL", value_parser = PossibleValuesParser::new(["true", "false"]))]
+    pub tcp_nodelay: Option<String>,
 }
 
 impl ServerArgs {
@@ -110,6 +120,8 @@ impl ServerArgs {
             ("shutdown_grace", &self.shutdown_grace),
             ("log_format", &self.log_format),
             ("log_level", &self.log_level),
+            ("workers", &self.workers),
+            ("tcp_nodelay", &self.tcp_nodelay),
         ];
         for (key, value) in scalars {
             if let Some(value) = value {
@@ -243,6 +255,15 @@ pub struct Config {
     pub log_format: LogFormat,
     /// Log filter directive (tracing `EnvFilter` syntax).
     pub log_level: String,
+    /// Runtime worker threads; 1 = tokio's current-thread runtime.
+    pub workers: usize,
+    /// TCP_NODELAY on accepted connections.
+    pub tcp_nodelay: bool,
+}
+
+/// The default worker count: one per available core.
+pub fn default_workers() -> usize {
+    std::thread::available_parallelism().map_or(1, |cores| cores.get())
 }
 
 impl Default for Config {
@@ -256,6 +277,8 @@ impl Default for Config {
             shutdown_grace: Duration::from_secs(10),
             log_format: LogFormat::Text,
             log_level: "info".into(),
+            workers: default_workers(),
+            tcp_nodelay: true,
         }
     }
 }
@@ -308,6 +331,8 @@ struct Layer {
     shutdown_grace: Option<Duration>,
     log_format: Option<LogFormat>,
     log_level: Option<String>,
+    workers: Option<usize>,
+    tcp_nodelay: Option<bool>,
 }
 
 /// A setting's value as a source gives it: text from flags and the
@@ -362,6 +387,19 @@ impl Value {
             return Err(format!("must be from {min} to {max}, found {value}"));
         }
         usize::try_from(value).map_err(|_| format!("{value} is too large for this machine"))
+    }
+
+    fn boolean(self) -> Result<bool, String> {
+        match self {
+            Value::Toml(toml::Value::Boolean(value)) => Ok(value),
+            Value::Text(text) => match text.trim() {
+                "true" => Ok(true),
+                "false" => Ok(false),
+                _ => Err(format!("expected true or false, found {text:?}")),
+            },
+            Value::Toml(other) => Err(format!("expected a boolean, found {}", other.type_str())),
+            Value::List(_) => Err("expected one value".into()),
+        }
     }
 
     /// Seconds, whole or fractional.
@@ -427,6 +465,8 @@ impl Layer {
                     .map_err(|error| format!("bad filter directive {directive:?}: {error}"))?;
                 self.log_level = Some(directive);
             }
+            "workers" => self.workers = Some(value.integer(1, 1024)?),
+            "tcp_nodelay" => self.tcp_nodelay = Some(value.boolean()?),
             _ => return Err(format!("unknown key (known keys: {})", KEYS.join(", "))),
         }
         Ok(())
@@ -500,6 +540,8 @@ impl Layer {
         apply(&mut config.shutdown_grace, self.shutdown_grace);
         apply(&mut config.log_format, self.log_format);
         apply(&mut config.log_level, self.log_level);
+        apply(&mut config.workers, self.workers);
+        apply(&mut config.tcp_nodelay, self.tcp_nodelay);
     }
 }
 

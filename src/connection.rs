@@ -9,11 +9,12 @@
 use std::{
     fmt, io,
     pin::Pin,
+    task::{Context, Poll},
     time::{Duration, Instant},
 };
 
 use bytes::{Buf, BytesMut};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
 use crate::codec::{EchoCodec, FrameError};
@@ -82,6 +83,10 @@ pub struct ConnectionStats {
 
 /// A byte stream the echo loop can serve.
 pub trait EchoStream: AsyncRead + AsyncWrite + Unpin {
+    /// Ready when a read would not wait. The loop waits here holding no
+    /// buffer, so an idle connection costs no buffer memory.
+    fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>>;
+
     /// Reads bytes that have already arrived, without waiting: `Ok(None)`
     /// when there are none. Unlike `poll_read`, this must ask the operating
     /// system, not the runtime's last readiness event, which may lag behind:
@@ -90,6 +95,9 @@ pub trait EchoStream: AsyncRead + AsyncWrite + Unpin {
 }
 
 impl EchoStream for tokio::net::TcpStream {
+    fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        tokio::net::TcpStream::poll_read_ready(self, cx)
+    }
     fn read_arrived(&mut self, buf: &mut BytesMut) -> io::Result<Option<usize>> {
         // The socket is non-blocking, so recv returns WouldBlock when empty.
         match socket2::SockRef::from(&*self).recv(buf.spare_capacity_mut()) {
@@ -150,11 +158,11 @@ impl<S: EchoStream> Echo<'_, S> {
         let drained = drain.cancelled();
         tokio::pin!(drained);
         loop {
-            self.buf.reserve(READ_CHUNK);
+            let (stream, buf) = (&mut *self.stream, &mut self.buf);
             let read = tokio::select! {
                 biased;
                 _ = &mut drained => return self.finish_draining().await,
-                read = self.stream.read_buf(&mut self.buf) => read?,
+                read = std::future::poll_fn(|cx| poll_read_lazily(stream, buf, cx)) => read?,
                 () = self.idle.expired() => return Ok(CloseReason::IdleTimeout),
             };
             if read == 0 {
@@ -175,12 +183,20 @@ impl<S: EchoStream> Echo<'_, S> {
         self.stream.shutdown().await?;
         loop {
             self.buf.clear();
-            self.buf.reserve(READ_CHUNK);
+            self.reserve_read_space();
             match self.stream.read_arrived(&mut self.buf)? {
                 Some(0) | None => return Ok(reason),
                 Some(_) => continue,
             }
         }
+    }
+
+    /// Room for one more read, in a pooled buffer when this one is empty.
+    fn reserve_read_space(&mut self) {
+        if self.buf.capacity() == 0 {
+            self.buf = buffer_pool::take();
+        }
+        self.buf.reserve(READ_CHUNK);
     }
 
     fn received(&mut self, bytes: usize) {
@@ -221,7 +237,7 @@ impl<S: EchoStream> Echo<'_, S> {
     /// Shutdown: echo what the socket holds now, without waiting for more.
     async fn finish_draining(&mut self) -> io::Result<CloseReason> {
         loop {
-            self.buf.reserve(READ_CHUNK);
+            self.reserve_read_space();
             match self.stream.read_arrived(&mut self.buf)? {
                 Some(0) | None => break,
                 Some(read) => {
@@ -250,6 +266,68 @@ impl<S: EchoStream> Echo<'_, S> {
             return Ok(reason);
         }
         self.close_early(reason).await
+    }
+}
+
+/// Reads into `buf`, holding a buffer only while bytes are there: an
+/// empty buffer goes back to the pool whenever the read has to wait, so an
+/// idle connection (and a spurious readiness event, which a newly
+/// registered socket gets) costs no buffer memory.
+fn poll_read_lazily<S: EchoStream>(
+    stream: &mut S,
+    buf: &mut BytesMut,
+    cx: &mut Context<'_>,
+) -> Poll<io::Result<usize>> {
+    if buf.is_empty() && stream.poll_read_ready(cx).is_pending() {
+        buffer_pool::give_back(std::mem::take(buf));
+        return Poll::Pending;
+    }
+    if buf.capacity() == 0 {
+        *buf = buffer_pool::take();
+    }
+    buf.reserve(READ_CHUNK);
+    let read = tokio_util::io::poll_read_buf(Pin::new(stream), cx, buf);
+    if read.is_pending() && buf.is_empty() {
+        buffer_pool::give_back(std::mem::take(buf));
+    }
+    read
+}
+
+/// Read buffers recycled per thread: connections hold a buffer only while
+/// they have unechoed input, and taking one back is not a malloc.
+mod buffer_pool {
+    use std::cell::RefCell;
+
+    use bytes::BytesMut;
+
+    use super::READ_CHUNK;
+
+    /// Buffers kept per thread; beyond this, quiet connections free theirs.
+    const KEEP: usize = 64;
+
+    thread_local! {
+        static POOL: RefCell<Vec<BytesMut>> = const { RefCell::new(Vec::new()) };
+    }
+
+    pub(super) fn take() -> BytesMut {
+        POOL.with_borrow_mut(Vec::pop)
+            .unwrap_or_else(|| BytesMut::with_capacity(READ_CHUNK))
+    }
+
+    /// Keeps an empty buffer of the usual size for reuse; drops the rest.
+    pub(super) fn give_back(mut buf: BytesMut) {
+        if !buf.is_empty() || buf.capacity() == 0 {
+            return;
+        }
+        // Reclaims the whole allocation when this handle is its only owner.
+        buf.reserve(READ_CHUNK);
+        if buf.capacity() >= READ_CHUNK && buf.capacity() <= 2 * READ_CHUNK {
+            POOL.with_borrow_mut(|pool| {
+                if pool.len() < KEEP {
+                    pool.push(buf);
+                }
+            });
+        }
     }
 }
 

@@ -10,11 +10,13 @@
 //! - [`connection`] is the per-connection echo loop, generic over the stream:
 //!   read, write back every whole frame in one batch, repeat.
 //! - [`shutdown`] turns SIGINT/SIGTERM (Ctrl-C elsewhere) into the trigger.
-//! - [`client`] is the interactive `echo-client`.
+//! - [`client`] is the interactive `echo-client`; [`bench`] its load
+//!   generator (`echo-client bench`).
 //!
 //! The binaries in `src/bin` only parse arguments, call into here and map
 //! errors to exit codes, so tests and benches drive the same code in-process.
 
+pub mod bench;
 pub mod client;
 pub mod codec;
 pub mod config;

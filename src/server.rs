@@ -110,6 +110,7 @@ impl Server {
                 idle_timeout: self.config.idle_timeout,
             },
             permits: Arc::new(Semaphore::new(self.config.max_connections)),
+            tcp_nodelay: self.config.tcp_nodelay,
             drain: CancellationToken::new(),
             cut: CancellationToken::new(),
             connections: TaskTracker::new(),
@@ -154,12 +155,20 @@ impl Server {
 /// The whole daemon: a runtime, signal handlers (installed before any
 /// listener is bound), the listeners, and serving until SIGINT/SIGTERM.
 pub fn run_until_signalled(config: Config) -> Result<ShutdownReport, ServerError> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
+    let runtime = match config.workers {
+        1 => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?,
+        workers => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(workers)
+            .enable_all()
+            .build()?,
+    };
     runtime.block_on(async {
         let signals = crate::shutdown::Signals::install()?;
+        let workers = config.workers;
         let server = Server::bind(config).await?;
+        info!(workers, "runtime: {workers} worker thread(s)");
         Ok(server.run(signals.recv()).await)
     })
 }
@@ -168,6 +177,7 @@ pub fn run_until_signalled(config: Config) -> Result<ShutdownReport, ServerError
 struct Shared {
     settings: ConnectionSettings,
     permits: Arc<Semaphore>,
+    tcp_nodelay: bool,
     drain: CancellationToken,
     cut: CancellationToken,
     connections: TaskTracker,
@@ -287,8 +297,10 @@ async fn serve(
 ) {
     let opened = Instant::now();
     // Echo replies are latency-bound: never hold a reply back for Nagle.
-    if let Err(error) = stream.set_nodelay(true) {
-        debug!(%peer, %error, "cannot set TCP_NODELAY");
+    if shared.tcp_nodelay {
+        if let Err(error) = stream.set_nodelay(true) {
+            debug!(%peer, %error, "cannot set TCP_NODELAY");
+        }
     }
     debug!(%peer, "connection opened");
     let mut stats = ConnectionStats::default();
