@@ -140,16 +140,22 @@ impl EchoCodec {
     /// The longest run of whole frames at the start of `buf`, which must
     /// begin on a frame boundary.
     ///
+    /// `examined` is how many leading bytes of `buf` an earlier call already
+    /// looked at without finding the end of a frame: the bytes it left after
+    /// its prefix (`buf.len() - prefix.len` then), or 0. Passing it keeps a
+    /// long frame that arrives in many small reads from being rescanned on
+    /// every read.
+    ///
     /// An unfinished frame after that run is reported as an error as soon as
     /// it is known to exceed the limit, so no caller ever holds more than
     /// [`max_pending`](Self::max_pending) bytes of it.
-    pub fn complete_prefix(&self, buf: &[u8]) -> Prefix {
+    pub fn complete_prefix(&self, buf: &[u8], examined: usize) -> Prefix {
         match self.framing {
             Framing::Raw => Prefix {
                 len: buf.len(),
                 error: None,
             },
-            Framing::Lines => self.lines_prefix(buf),
+            Framing::Lines => self.lines_prefix(buf, examined.min(buf.len())),
             Framing::Length => self.length_prefix(buf),
         }
     }
@@ -203,9 +209,11 @@ impl EchoCodec {
         }
     }
 
-    fn lines_prefix(&self, buf: &[u8]) -> Prefix {
+    fn lines_prefix(&self, buf: &[u8], examined: usize) -> Prefix {
         let limit = self.max_frame_length;
-        let Some(last_newline) = memchr::memrchr(b'\n', buf) else {
+        // `buf[..examined]` holds no newline: search only what is new.
+        let Some(last_newline) = memchr::memrchr(b'\n', &buf[examined..]).map(|i| i + examined)
+        else {
             return Prefix {
                 len: 0,
                 error: (buf.len() > limit).then(|| self.line_too_long()),
@@ -216,7 +224,7 @@ impl EchoCodec {
         // longer than it, so most reads never look at each frame.
         if end > limit {
             let mut start = 0;
-            for newline in memchr::memchr_iter(b'\n', &buf[..end]) {
+            for newline in memchr::memchr_iter(b'\n', &buf[examined..end]).map(|i| i + examined) {
                 if newline + 1 - start > limit {
                     return Prefix {
                         len: start,
@@ -333,10 +341,12 @@ mod tests {
     ) -> (Vec<u8>, Option<FrameError>) {
         let mut pending = Vec::new();
         let mut echoed = Vec::new();
+        let mut examined = 0;
         for piece in input.chunks(chunk.max(1)) {
             pending.extend_from_slice(piece);
-            let prefix = codec.complete_prefix(&pending);
+            let prefix = codec.complete_prefix(&pending, examined);
             echoed.extend(pending.drain(..prefix.len));
+            examined = pending.len();
             if prefix.error.is_some() {
                 return (echoed, prefix.error);
             }
@@ -368,7 +378,7 @@ mod tests {
 
     #[test]
     fn lines_prefix_stops_at_the_last_newline() {
-        let prefix = lines(64).complete_prefix(b"one\ntwo\nthr");
+        let prefix = lines(64).complete_prefix(b"one\ntwo\nthr", 0);
         assert_eq!(
             prefix,
             Prefix {
@@ -419,17 +429,33 @@ mod tests {
         // The batch is longer than the limit, so the per-frame check runs.
         let mut input = b"a\nbb\nccc\n".repeat(10);
         input.extend_from_slice(b"0123456789abc\nd\n");
-        let prefix = lines(8).complete_prefix(&input);
+        let prefix = lines(8).complete_prefix(&input, 0);
         assert_eq!(prefix.len, 90);
         assert_eq!(prefix.error, Some(FrameError::LineTooLong { limit: 8 }));
     }
 
     #[test]
     fn unterminated_line_over_the_limit_is_an_error_before_any_newline() {
-        let prefix = lines(1024).complete_prefix(&vec![b'x'; 1025]);
+        let prefix = lines(1024).complete_prefix(&vec![b'x'; 1025], 0);
         assert_eq!(prefix.len, 0);
         assert_eq!(prefix.error, Some(FrameError::LineTooLong { limit: 1024 }));
-        assert_eq!(lines(1024).complete_prefix(&[b'x'; 1024]).error, None);
+        assert_eq!(lines(1024).complete_prefix(&[b'x'; 1024], 0).error, None);
+    }
+
+    #[test]
+    fn examined_bytes_are_not_searched_again_but_new_ones_are() {
+        // With the first 5 bytes declared examined, the newline in them is
+        // not searched for: the caller promised there is none.
+        let codec = lines(64);
+        assert_eq!(codec.complete_prefix(b"abcd\nxyz", 5).len, 0);
+        assert_eq!(codec.complete_prefix(b"abcdexy\nz", 5).len, 8);
+        // An oversized frame is still caught when its newline is new.
+        let mut long = vec![b'x'; 100];
+        long.push(b'\n');
+        assert_eq!(
+            codec.complete_prefix(&long, 60).error,
+            Some(FrameError::LineTooLong { limit: 64 })
+        );
     }
 
     #[test]
@@ -472,7 +498,7 @@ mod tests {
     fn length_header_over_the_limit_is_an_error_without_waiting_for_the_body() {
         let mut input = length_frame(b"ok");
         input.extend_from_slice(&65u32.to_be_bytes());
-        let prefix = length(64).complete_prefix(&input);
+        let prefix = length(64).complete_prefix(&input, 0);
         assert_eq!(prefix.len, 6);
         assert_eq!(
             prefix.error,
@@ -481,7 +507,7 @@ mod tests {
                 limit: 64
             })
         );
-        assert!(length(65).complete_prefix(&input).error.is_none());
+        assert!(length(65).complete_prefix(&input, 0).error.is_none());
     }
 
     #[test]

@@ -9,6 +9,7 @@
 use std::{
     fmt, io,
     pin::Pin,
+    sync::atomic::{AtomicUsize, Ordering},
     task::{Context, Poll},
     time::{Duration, Instant},
 };
@@ -22,6 +23,25 @@ use crate::codec::{EchoCodec, FrameError};
 /// Bytes asked of the socket per read. Large enough that one read usually
 /// takes everything the kernel holds for this connection.
 pub const READ_CHUNK: usize = 16 * 1024;
+
+/// Longest a lingering close waits for the client to close its side.
+pub const LINGER: Duration = Duration::from_secs(2);
+
+/// Counts a connection as lingering while alive.
+struct LingerGuard<'a>(&'a AtomicUsize);
+
+impl<'a> LingerGuard<'a> {
+    fn enter(count: &'a AtomicUsize) -> Self {
+        count.fetch_add(1, Ordering::Relaxed);
+        LingerGuard(count)
+    }
+}
+
+impl Drop for LingerGuard<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
 
 /// What every connection of a server shares.
 #[derive(Clone, Copy, Debug)]
@@ -118,11 +138,13 @@ impl EchoStream for tokio::net::TcpStream {
 ///
 /// When `drain` is cancelled the loop stops waiting for input: it takes what
 /// the socket already holds, echoes every byte of it that forms a frame,
-/// sends FIN and returns [`CloseReason::Shutdown`].
+/// sends FIN and returns [`CloseReason::Shutdown`]. `lingering` counts the
+/// connections that are only waiting for their client to close.
 pub async fn echo<S>(
     stream: &mut S,
     settings: &ConnectionSettings,
     drain: &CancellationToken,
+    lingering: &AtomicUsize,
     stats: &mut ConnectionStats,
 ) -> CloseReason
 where
@@ -133,6 +155,8 @@ where
         codec: settings.codec,
         idle: IdleTimer::new(settings.idle_timeout),
         buf: BytesMut::new(),
+        examined: 0,
+        lingering,
         stats,
     };
     match conn.run(drain).await {
@@ -148,6 +172,10 @@ struct Echo<'a, S> {
     idle: IdleTimer,
     /// Input not yet echoed: always starts on a frame boundary.
     buf: BytesMut,
+    /// Leading bytes of `buf` the codec has already searched (see
+    /// [`EchoCodec::complete_prefix`]).
+    examined: usize,
+    lingering: &'a AtomicUsize,
     stats: &'a mut ConnectionStats,
 }
 
@@ -176,19 +204,28 @@ impl<S: EchoStream> Echo<'_, S> {
     }
 
     /// Ends a connection whose client may still be sending: FIN after the
-    /// echoes written so far, then discard what has already arrived, so
-    /// that closing does not send a reset (which would make the client's
-    /// kernel discard echoes it has not read yet).
+    /// echoes written so far, then a lingering close (as nginx does): the
+    /// client's input is discarded until it closes its side too, for at
+    /// most [`LINGER`]. Closing with unread input would send a reset, and a
+    /// reset makes the client's kernel drop echoes it has not read yet.
+    /// While lingering the connection counts in `lingering`: it owes the
+    /// client nothing more.
     async fn close_early(&mut self, reason: CloseReason) -> io::Result<CloseReason> {
         self.stream.shutdown().await?;
-        loop {
-            self.buf.clear();
-            self.reserve_read_space();
-            match self.stream.read_arrived(&mut self.buf)? {
-                Some(0) | None => return Ok(reason),
-                Some(_) => continue,
+        let _lingering = LingerGuard::enter(self.lingering);
+        let (stream, buf) = (&mut *self.stream, &mut self.buf);
+        let _ = tokio::time::timeout(LINGER, async {
+            loop {
+                buf.clear();
+                match std::future::poll_fn(|cx| poll_read_lazily(stream, buf, cx)).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => continue,
+                }
             }
-        }
+        })
+        .await;
+        self.buf.clear();
+        Ok(reason)
     }
 
     /// Room for one more read, in a pooled buffer when this one is empty.
@@ -207,8 +244,10 @@ impl<S: EchoStream> Echo<'_, S> {
 
     /// Writes back every whole frame in the buffer, in one write.
     async fn echo_complete_frames(&mut self) -> io::Result<Option<FrameError>> {
-        let prefix = self.codec.complete_prefix(&self.buf);
+        let prefix = self.codec.complete_prefix(&self.buf, self.examined);
         self.write_out(prefix.len).await?;
+        // What is left was examined and holds no frame end yet.
+        self.examined = self.buf.len();
         Ok(prefix.error)
     }
 

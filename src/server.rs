@@ -14,7 +14,10 @@ use std::{
     future::Future,
     io,
     net::SocketAddr,
-    sync::Arc,
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc,
+    },
     time::{Duration, Instant},
 };
 
@@ -114,6 +117,7 @@ impl Server {
             drain: CancellationToken::new(),
             cut: CancellationToken::new(),
             connections: TaskTracker::new(),
+            lingering: AtomicUsize::new(0),
         });
         let mut accept_loops = JoinSet::new();
         for listener in self.listeners {
@@ -137,13 +141,16 @@ impl Server {
             .await
             .is_err()
         {
-            report.cut = shared.connections.len();
-            warn!(
-                connections = report.cut,
-                "{} connection(s) still open at the {:.1}s shutdown deadline were cut",
-                report.cut,
-                grace.as_secs_f64()
-            );
+            let lingering = shared.lingering.load(Ordering::Relaxed);
+            report.cut = shared.connections.len().saturating_sub(lingering);
+            if report.cut > 0 {
+                warn!(
+                    connections = report.cut,
+                    "{} connection(s) still open at the {:.1}s shutdown deadline were cut",
+                    report.cut,
+                    grace.as_secs_f64()
+                );
+            }
             shared.cut.cancel();
             shared.connections.wait().await;
         }
@@ -181,6 +188,9 @@ struct Shared {
     drain: CancellationToken,
     cut: CancellationToken,
     connections: TaskTracker,
+    /// Connections that have delivered every echo and only wait for their
+    /// client to close (see `connection::LINGER`): not counted as cut.
+    lingering: AtomicUsize,
 }
 
 async fn resolve(listen: &ListenAddr) -> Result<Vec<SocketAddr>, ServerError> {
@@ -306,7 +316,13 @@ async fn serve(
     let mut stats = ConnectionStats::default();
     // Events inside the echo loop (TRACE `read`) name their connection.
     let span = tracing::debug_span!(target: "echod::connection", "connection", %peer);
-    let echo = connection::echo(&mut stream, &shared.settings, &shared.drain, &mut stats);
+    let echo = connection::echo(
+        &mut stream,
+        &shared.settings,
+        &shared.drain,
+        &shared.lingering,
+        &mut stats,
+    );
     let reason = tokio::select! {
         biased;
         _ = shared.cut.cancelled() => CloseReason::Cut,

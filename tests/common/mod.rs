@@ -145,6 +145,7 @@ pub struct ServerProcess {
     pub child: Child,
     lines: mpsc::Receiver<String>,
     pub stderr: Vec<String>,
+    consumed: usize,
     _dir: tempfile::TempDir,
 }
 
@@ -188,6 +189,7 @@ impl ServerProcess {
             child,
             lines,
             stderr: Vec::new(),
+            consumed: 0,
             _dir: dir,
         }
     }
@@ -237,6 +239,13 @@ impl ServerProcess {
             seen += 1;
         }
         addrs
+    }
+
+    /// Waits for one more stderr line containing `needle` than seen so far
+    /// by this method (counts every call).
+    pub fn wait_for_next(&mut self, needle: &str) {
+        self.consumed += 1;
+        self.wait_for_nth(needle, self.consumed - 1);
     }
 
     fn wait_for_nth(&mut self, needle: &str, n: usize) {

@@ -1,0 +1,262 @@
+//! `echo-client bench` against real servers: it verifies every echo,
+//! reports the contract's JSON, and fails loudly on a corrupting server.
+
+mod common;
+
+use std::collections::BTreeSet;
+
+use common::*;
+use echod::{Config, Framing};
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::TcpListener,
+};
+
+const CLIENT: &str = env!("CARGO_BIN_EXE_echo-client");
+
+async fn bench(args: Vec<String>) -> (Option<i32>, Vec<u8>, String) {
+    tokio::task::spawn_blocking(move || {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        run_binary(CLIENT, &args, &[], b"")
+    })
+    .await
+    .unwrap()
+}
+
+fn args(addr: std::net::SocketAddr, extra: &[&str]) -> Vec<String> {
+    let mut args: Vec<String> = [
+        "bench",
+        &addr.to_string(),
+        "--duration",
+        "0.4",
+        "--warmup",
+        "0",
+        "--json",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    args.extend(extra.iter().map(|s| s.to_string()));
+    args
+}
+
+fn report(stdout: &[u8]) -> serde_json::Value {
+    let text = std::str::from_utf8(stdout).unwrap();
+    assert_eq!(
+        text.trim().lines().count(),
+        1,
+        "exactly one JSON line expected: {text}"
+    );
+    serde_json::from_str(text).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_report_has_exactly_the_contract_keys_and_sane_figures() {
+    let server = TestServer::start(config()).await;
+    let (code, stdout, stderr) =
+        bench(args(server.addr(), &["--connections", "4", "--size", "64"])).await;
+    assert_eq!(code, Some(0), "{stderr}");
+    let report = report(&stdout);
+    let keys: BTreeSet<&str> = report
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    let expected: BTreeSet<&str> = [
+        "connections",
+        "size",
+        "pipeline",
+        "framing",
+        "duration_s",
+        "messages",
+        "msgs_per_sec",
+        "mib_per_sec",
+        "latency_us",
+        "errors",
+        "mismatches",
+    ]
+    .into();
+    assert_eq!(keys, expected);
+    let latency: BTreeSet<&str> = report["latency_us"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    assert_eq!(latency, ["p50", "p90", "p99", "max"].into());
+    assert_eq!(report["connections"], 4);
+    assert_eq!(report["framing"], "lines");
+    assert_eq!(report["errors"], 0);
+    assert_eq!(report["mismatches"], 0);
+    let messages = report["messages"].as_u64().unwrap();
+    assert!(messages > 100, "{report}");
+    let rate = report["msgs_per_sec"].as_f64().unwrap();
+    assert!((rate - messages as f64 / 0.4).abs() < 1.0, "{report}");
+    let l = &report["latency_us"];
+    let p = |k: &str| l[k].as_f64().unwrap();
+    assert!(
+        0.0 < p("p50") && p("p50") <= p("p90") && p("p90") <= p("p99") && p("p99") <= p("max"),
+        "{l}"
+    );
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_framing_is_verified_with_pipelining() {
+    for (framing, size) in [
+        (Framing::Raw, "1000"),
+        (Framing::Length, "0"),
+        (Framing::Length, "5000"),
+        (Framing::Lines, "1"),
+    ] {
+        let server = TestServer::start(Config {
+            framing,
+            ..config()
+        })
+        .await;
+        let (code, stdout, stderr) = bench(args(
+            server.addr(),
+            &[
+                "--connections",
+                "3",
+                "--size",
+                size,
+                "--pipeline",
+                "8",
+                "--framing",
+                framing.as_str(),
+            ],
+        ))
+        .await;
+        assert_eq!(code, Some(0), "{framing} {size}: {stderr}");
+        let report = report(&stdout);
+        assert_eq!(report["mismatches"], 0, "{report}");
+        assert_eq!(report["pipeline"], 8);
+        assert!(report["messages"].as_u64().unwrap() > 0);
+        server.shutdown().await;
+    }
+}
+
+/// An "echo" server that flips one bit in every 1000th byte it returns.
+async fn corrupting_server() -> std::net::SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 4096];
+                let mut position = 0u64;
+                loop {
+                    let n = match stream.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => n,
+                    };
+                    for byte in &mut buf[..n] {
+                        position += 1;
+                        if position % 1000 == 0 {
+                            *byte ^= 0x01;
+                        }
+                    }
+                    if stream.write_all(&buf[..n]).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn corrupted_echoes_are_counted_and_exit_one() {
+    let addr = corrupting_server().await;
+    let (code, stdout, stderr) = bench(args(
+        addr,
+        &["--connections", "2", "--size", "100", "--framing", "raw"],
+    ))
+    .await;
+    assert_eq!(code, Some(1), "{stderr}");
+    let report = report(&stdout);
+    assert!(report["mismatches"].as_u64().unwrap() > 0, "{report}");
+    assert!(stderr.contains("did not match"), "{stderr}");
+}
+
+#[tokio::test]
+async fn a_server_that_closes_connections_is_an_error_and_no_messages_exit_one() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            drop(stream);
+        }
+    });
+    let (code, stdout, stderr) = bench(args(addr, &["--connections", "2", "--size", "64"])).await;
+    assert_eq!(code, Some(1), "{stderr}");
+    let report = report(&stdout);
+    assert_eq!(report["messages"], 0);
+    assert_eq!(report["errors"], 2, "{report}");
+    assert!(stderr.contains("no message completed"), "{stderr}");
+}
+
+#[tokio::test]
+async fn refused_connections_are_one_clear_line_and_exit_one() {
+    let addr = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let (code, stdout, stderr) = bench(args(addr, &["--connections", "2", "--size", "64"])).await;
+    assert_eq!(code, Some(1));
+    assert!(stdout.is_empty());
+    assert!(stderr.contains("cannot connect"), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hist_file_is_an_hdrhistogram_percentile_distribution() {
+    let server = TestServer::start(config()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("latency.hgrm");
+    let mut args = args(
+        server.addr(),
+        &["--connections", "2", "--size", "64", "--hist"],
+    );
+    args.push(path.display().to_string());
+    let (code, _, stderr) = bench(args).await;
+    assert_eq!(code, Some(0), "{stderr}");
+    let text = std::fs::read_to_string(&path).unwrap();
+    assert!(
+        text.starts_with("       Value     Percentile TotalCount 1/(1-Percentile)"),
+        "{text}"
+    );
+    let rows: Vec<Vec<f64>> = text
+        .lines()
+        .filter(|line| !line.trim().is_empty() && !line.starts_with('#') && !line.contains("Value"))
+        .map(|line| {
+            line.split_whitespace()
+                .map(|v| v.parse().unwrap())
+                .collect()
+        })
+        .collect();
+    assert!(rows.len() > 10);
+    assert!(rows
+        .windows(2)
+        .all(|w| w[0][0] <= w[1][0] && w[0][1] <= w[1][1] && w[0][2] <= w[1][2]));
+    assert_eq!(rows.last().unwrap()[1], 1.0);
+    assert!(text.contains("#[Max     ="));
+    server.shutdown().await;
+}
+
+#[test]
+fn bad_bench_usage_exits_two() {
+    for extra in [
+        &["--connections", "0", "--size", "8", "--duration", "1"][..],
+        &["--connections", "1", "--size", "0", "--duration", "1"],
+        &["--connections", "1", "--size", "8"],
+        &["--connections", "1", "--size", "8", "--duration", "soon"],
+    ] {
+        let mut args = vec!["bench", "127.0.0.1:9"];
+        args.extend_from_slice(extra);
+        let (code, _, stderr) = run_binary(CLIENT, &args, &[], b"");
+        assert_eq!(code, Some(2), "{extra:?}: {stderr}");
+    }
+}
