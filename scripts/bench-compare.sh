@@ -16,7 +16,7 @@
 #   EXTRA_SERVERS  ';'-separated NAME=COMMAND, {port} replaced by a free port;
 #                  such servers get the lines load
 #   BASELINE       server the ratios are against (default: first of EXTRA_SERVERS, else tokio_echo)
-#   ECHOD_ARGS     extra flags for every echod (e.g. "--workers 1")
+#   SERVER_FLAGS     extra flags for every echod (e.g. "--workers 1")
 #   OUT            results folder (default target/bench-compare)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -27,7 +27,7 @@ WARMUP=${WARMUP:-0.5}
 CELLS=${CELLS:-"1:64:1 1:64:16 1:4096:1 1:4096:16 50:64:1 50:64:16 50:4096:1 50:4096:16 500:64:1 500:64:16 500:4096:1 500:4096:16 1:65536:4"}
 SERVERS=${SERVERS:-"echod-lines echod-raw echod-length tokio_echo naive_lines_echo"}
 EXTRA_SERVERS=${EXTRA_SERVERS:-}
-ECHOD_ARGS=${ECHOD_ARGS:-}
+SERVER_FLAGS=${SERVER_FLAGS:-}
 OUT=${OUT:-target/bench-compare}
 mkdir -p "$OUT"
 results="$OUT/results.jsonl"
@@ -64,7 +64,7 @@ for server in $SERVERS; do
     echod-lines|echod-raw|echod-length)
       # shellcheck disable=SC2086
       start "$server" "${server#echod-}" "$bin/echo-server" --listen "127.0.0.1:{port}" \
-        --framing "${server#echod-}" --log-level warn --max-connections 20000 $ECHOD_ARGS ;;
+        --framing "${server#echod-}" --log-level warn --max-connections 20000 $SERVER_FLAGS ;;
     tokio_echo|naive_lines_echo) start "$server" lines "$bin/examples/$server" "127.0.0.1:{port}" ;;
     *) echo "bench-compare: unknown server $server" >&2; exit 2 ;;
   esac

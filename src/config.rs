@@ -287,10 +287,14 @@ impl Config {
     /// Builds the configuration from every layer: the config file (`--config`,
     /// else `./config.toml` when present), the `ECHOD_*` variables in `env`,
     /// and the flags.
+    ///
+    /// Also returns warnings to log once logging is set up: an unknown
+    /// `ECHOD_*` variable is named there rather than refused, since wrappers
+    /// commonly keep their own `ECHOD_OPTS`-style variables.
     pub fn load(
         args: &ServerArgs,
         env: impl IntoIterator<Item = (String, String)>,
-    ) -> Result<Config, ConfigError> {
+    ) -> Result<(Config, Vec<String>), ConfigError> {
         let file = match &args.config {
             Some(path) => Some(Layer::from_file(path)?),
             None => {
@@ -302,14 +306,13 @@ impl Config {
                 }
             }
         };
+        let mut warnings = Vec::new();
+        let env = Layer::from_env(env, &mut warnings)?;
         let mut config = Config::default();
-        for layer in file
-            .into_iter()
-            .chain([Layer::from_env(env)?, args.layer()?])
-        {
+        for layer in file.into_iter().chain([env, args.layer()?]) {
             layer.apply_to(&mut config);
         }
-        Ok(config)
+        Ok((config, warnings))
     }
 
     /// Parses a whole config file's text (`origin` names it in errors).
@@ -503,7 +506,10 @@ impl Layer {
 
     /// The `ECHOD_*` variables; `RUST_LOG` counts as the log level unless
     /// `ECHOD_LOG_LEVEL` is set too.
-    fn from_env(env: impl IntoIterator<Item = (String, String)>) -> Result<Layer, ConfigError> {
+    fn from_env(
+        env: impl IntoIterator<Item = (String, String)>,
+        warnings: &mut Vec<String>,
+    ) -> Result<Layer, ConfigError> {
         let mut layer = Layer::default();
         let mut rust_log = None;
         for (name, value) in env {
@@ -514,8 +520,17 @@ impl Layer {
             let Some(key) = name.strip_prefix(ENV_PREFIX) else {
                 continue;
             };
+            let key = key.to_ascii_lowercase();
+            if !KEYS.contains(&key.as_str()) {
+                warnings.push(format!(
+                    "ignoring {name}: not a setting (known: {})",
+                    KEYS.map(|key| format!("{ENV_PREFIX}{}", key.to_ascii_uppercase()))
+                        .join(", ")
+                ));
+                continue;
+            }
             layer
-                .set(&key.to_ascii_lowercase(), Value::Text(value))
+                .set(&key, Value::Text(value))
                 .map_err(|problem| ConfigError(format!("{name}: {problem}")))?;
         }
         if let (None, Some(directive)) = (&layer.log_level, rust_log) {
@@ -609,7 +624,7 @@ mod tests {
     #[test]
     fn flags_beat_environment_beats_file_beats_defaults() {
         let (_file, path) = file("framing = \"raw\"\nmax_connections = 5\nidle_timeout = 7\nlisten = [\"127.0.0.1:1\"]\n");
-        let config = Config::load(
+        let (config, _) = Config::load(
             &args(&["--config", &path, "--max-connections", "9"]),
             env(&[
                 ("ECHOD_MAX_CONNECTIONS", "8"),
@@ -628,7 +643,7 @@ mod tests {
     #[test]
     fn a_higher_layer_replaces_the_whole_listen_list() {
         let (_file, path) = file("listen = [\"127.0.0.1:1\", \"127.0.0.1:2\"]\n");
-        let from_env = Config::load(
+        let (from_env, _) = Config::load(
             &args(&["--config", &path]),
             env(&[("ECHOD_LISTEN", "[::1]:3, 127.0.0.1:4")]),
         )
@@ -637,7 +652,7 @@ mod tests {
             from_env.listen,
             vec!["[::1]:3".parse().unwrap(), "127.0.0.1:4".parse().unwrap()]
         );
-        let from_flags = Config::load(
+        let (from_flags, _) = Config::load(
             &args(&["--config", &path, "--listen", "127.0.0.1:5"]),
             env(&[("ECHOD_LISTEN", "[::1]:3")]),
         )
@@ -646,8 +661,23 @@ mod tests {
     }
 
     #[test]
+    fn unknown_echod_variables_are_warnings_not_errors() {
+        let (config, warnings) = Config::load(
+            &args(&["--config", &file("").1]),
+            env(&[("ECHOD_OPTS", "--workers 1"), ("ECHOD_FRAMING", "raw")]),
+        )
+        .unwrap();
+        assert_eq!(config.framing, Framing::Raw);
+        assert_eq!(warnings.len(), 1);
+        assert!(
+            warnings[0].starts_with("ignoring ECHOD_OPTS: not a setting"),
+            "{warnings:?}"
+        );
+    }
+
+    #[test]
     fn idle_timeout_zero_means_off() {
-        let config = Config::load(
+        let (config, _) = Config::load(
             &args(&["--idle-timeout", "0", "--config", &file("").1]),
             env(&[]),
         )
@@ -711,8 +741,8 @@ mod tests {
             (
                 "",
                 &[],
-                &[("ECHOD_COLOUR", "red")],
-                "ECHOD_COLOUR: unknown key",
+                &[("ECHOD_FRAMING", "")],
+                "ECHOD_FRAMING: unknown framing \"\"",
             ),
         ];
         for (text, flags, vars, expected) in cases {
@@ -756,6 +786,7 @@ mod tests {
         let load = |vars: &[(&str, &str)]| {
             Config::load(&args(&["--config", &path]), env(vars))
                 .unwrap()
+                .0
                 .log_level
         };
         assert_eq!(load(&[]), "warn");

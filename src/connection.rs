@@ -22,7 +22,7 @@ use crate::codec::{EchoCodec, FrameError};
 
 /// Bytes asked of the socket per read. Large enough that one read usually
 /// takes everything the kernel holds for this connection.
-pub const READ_CHUNK: usize = 16 * 1024;
+pub const READ_CHUNK: usize = 64 * 1024;
 
 /// Longest a lingering close waits for the client to close its side.
 pub const LINGER: Duration = Duration::from_secs(2);
@@ -181,17 +181,22 @@ struct Echo<'a, S> {
 
 impl<S: EchoStream> Echo<'_, S> {
     async fn run(&mut self, drain: &CancellationToken) -> io::Result<CloseReason> {
-        // Pinned once: registering for cancellation on every read would
-        // cost a lock per read.
+        // Pinned once, and polled only when the read has to wait: polling a
+        // pending cancellation takes a lock. The flag check at the top of
+        // the loop is one atomic load, so a client whose input is always
+        // ready still sees the shutdown.
         let drained = drain.cancelled();
         tokio::pin!(drained);
         loop {
+            if drain.is_cancelled() {
+                return self.finish_draining().await;
+            }
             let (stream, buf) = (&mut *self.stream, &mut self.buf);
             let read = tokio::select! {
                 biased;
-                _ = &mut drained => return self.finish_draining().await,
                 read = std::future::poll_fn(|cx| poll_read_lazily(stream, buf, cx)) => read?,
                 () = self.idle.expired() => return Ok(CloseReason::IdleTimeout),
+                _ = &mut drained => return self.finish_draining().await,
             };
             if read == 0 {
                 return self.finish(CloseReason::ClientClosed).await;

@@ -316,10 +316,13 @@ async fn serve(
     let mut stats = ConnectionStats::default();
     // Events inside the echo loop (TRACE `read`) name their connection.
     let span = tracing::debug_span!(target: "echod::connection", "connection", %peer);
+    // A child token per connection: waiting on it locks only its own state,
+    // not one lock shared by every connection.
+    let drain = shared.drain.child_token();
     let echo = connection::echo(
         &mut stream,
         &shared.settings,
-        &shared.drain,
+        &drain,
         &shared.lingering,
         &mut stats,
     );

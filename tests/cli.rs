@@ -53,11 +53,21 @@ fn bad_environment_values_are_usage_errors_naming_the_variable() {
         &[("ECHOD_MAX_CONNECTIONS", "many")],
         "ECHOD_MAX_CONNECTIONS",
     );
-    assert_usage_error(
-        &[],
+}
+
+#[tokio::test]
+async fn unknown_echod_variables_are_named_in_a_warning_and_the_server_runs() {
+    let mut server = ServerProcess::spawn(
+        &["--listen", "127.0.0.1:0"],
         &[("ECHOD_LISTEN_ADDR", "127.0.0.1:1")],
-        "ECHOD_LISTEN_ADDR: unknown key",
     );
+    let addr = server.listening(1)[0];
+    let warning = server.wait_for("ignoring ECHOD_LISTEN_ADDR");
+    assert!(
+        warning.contains("WARN") && warning.contains("ECHOD_LISTEN"),
+        "{warning}"
+    );
+    assert_eq!(round_trip(addr, b"ok\n").await, b"ok\n");
 }
 
 #[test]

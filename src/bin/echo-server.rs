@@ -7,14 +7,17 @@ use echod::{config, server, Config, EXIT_FAILURE, EXIT_USAGE};
 
 fn main() -> ExitCode {
     let args = config::ServerArgs::parse();
-    let config = match config::environment().and_then(|env| Config::load(&args, env)) {
-        Ok(config) => config,
+    let (config, warnings) = match config::environment().and_then(|env| Config::load(&args, env)) {
+        Ok(loaded) => loaded,
         Err(error) => {
             eprintln!("echo-server: {error}");
             return ExitCode::from(EXIT_USAGE);
         }
     };
     echod::logging::init(config.log_format, &config.log_level);
+    for warning in warnings {
+        tracing::warn!("{warning}");
+    }
     match server::run_until_signalled(config) {
         Ok(_report) => ExitCode::SUCCESS,
         Err(error) => {
