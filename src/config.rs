@@ -27,8 +27,14 @@ pub const DEFAULT_CONFIG_FILE: &str = "config.toml";
 pub const ENV_PREFIX: &str = "ECHOD_";
 
 /// Every config key, in the order the docs list them.
-pub const KEYS: [&str; 10] = [
+pub const KEYS: [&str; 16] = [
     "listen",
+    "udp",
+    "unix_socket_mode",
+    "udp_min_source_port",
+    "udp_rate",
+    "udp_burst",
+    "udp_global_rate",
     "framing",
     "max_frame_length",
     "max_connections",
@@ -64,6 +70,26 @@ pub struct ServerArgs {
     /// port; repeat for several [default: 127.0.0.1:3600].
     #[arg(long, value_name = "ADDR")]
     pub listen: Vec<String>,
+    /// UDP address to echo datagrams on (RFC 862), HOST:PORT or
+    /// [IPv6]:PORT; repeat for several [default: none].
+    #[arg(long, value_name = "ADDR")]
+    pub udp: Vec<String>,
+    /// File mode of Unix socket files, in octal [default: 0660].
+    #[arg(long, value_name = "MODE")]
+    pub unix_socket_mode: Option<String>,
+    /// UDP: drop replies to source ports below this (spoofed reflection
+    /// at other services' ports); 0 allows all [default: 1024].
+    #[arg(long, value_name = "PORT")]
+    pub udp_min_source_port: Option<String>,
+    /// UDP: replies per second to one source IP [default: 100].
+    #[arg(long, value_name = "N")]
+    pub udp_rate: Option<String>,
+    /// UDP: replies one source IP may get in a burst [default: 200].
+    #[arg(long, value_name = "N")]
+    pub udp_burst: Option<String>,
+    /// UDP: replies per second in all [default: 5000].
+    #[arg(long, value_name = "N")]
+    pub udp_global_rate: Option<String>,
     /// How the stream is cut into frames [default: lines].
     #[arg(long, value_parser = PossibleValuesParser::new(["lines", "raw", "length"]))]
     pub framing: Option<String>,
@@ -112,6 +138,9 @@ impl ServerArgs {
         if !self.listen.is_empty() {
             set("listen", Value::List(self.listen.clone()))?;
         }
+        if !self.udp.is_empty() {
+            set("udp", Value::List(self.udp.clone()))?;
+        }
         let scalars = [
             ("framing", &self.framing),
             ("max_frame_length", &self.max_frame_length),
@@ -122,6 +151,11 @@ impl ServerArgs {
             ("log_level", &self.log_level),
             ("workers", &self.workers),
             ("tcp_nodelay", &self.tcp_nodelay),
+            ("unix_socket_mode", &self.unix_socket_mode),
+            ("udp_min_source_port", &self.udp_min_source_port),
+            ("udp_rate", &self.udp_rate),
+            ("udp_burst", &self.udp_burst),
+            ("udp_global_rate", &self.udp_global_rate),
         ];
         for (key, value) in scalars {
             if let Some(value) = value {
@@ -236,11 +270,74 @@ pub fn environment() -> Result<Vec<(String, String)>, ConfigError> {
     Ok(vars)
 }
 
+/// Where a stream listener listens: TCP `HOST:PORT`, or a Unix socket
+/// file `unix:PATH`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Endpoint {
+    Tcp(ListenAddr),
+    Unix(std::path::PathBuf),
+}
+
+impl FromStr for Endpoint {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.strip_prefix("unix:") {
+            Some("") => Err(format!("bad address {s:?}: no path after unix:")),
+            Some(path) if cfg!(unix) => Ok(Endpoint::Unix(path.into())),
+            Some(_) => Err(format!(
+                "bad address {s:?}: Unix sockets are not supported on this platform"
+            )),
+            None => s.parse().map(Endpoint::Tcp),
+        }
+    }
+}
+
+impl fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Endpoint::Tcp(addr) => addr.fmt(f),
+            Endpoint::Unix(path) => write!(f, "unix:{}", path.display()),
+        }
+    }
+}
+
+/// UDP echo (RFC 862) settings. UDP echo is a classic reflection vector
+/// (spoofed sources, echo-to-echo loops), so replies are rate limited.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UdpLimits {
+    /// Replies to source ports below this are dropped; 0 = none dropped.
+    pub min_source_port: u16,
+    /// Replies per second to one source IP (token bucket refill).
+    pub rate: u32,
+    /// Replies one source IP may get at once (token bucket size).
+    pub burst: u32,
+    /// Replies per second in all, across every UDP socket.
+    pub global_rate: u32,
+}
+
+impl Default for UdpLimits {
+    fn default() -> Self {
+        UdpLimits {
+            min_source_port: 1024,
+            rate: 100,
+            burst: 200,
+            global_rate: 5000,
+        }
+    }
+}
+
 /// The server's whole configuration, validated.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Config {
-    /// Every address to listen on (host names resolved at start-up).
-    pub listen: Vec<ListenAddr>,
+    /// Every stream address to listen on (host names resolved at start-up).
+    pub listen: Vec<Endpoint>,
+    /// UDP addresses to echo datagrams on; none by default.
+    pub udp: Vec<ListenAddr>,
+    /// File mode of Unix socket files (set explicitly, not left to umask).
+    pub unix_socket_mode: u32,
+    /// UDP reply limits.
+    pub udp_limits: UdpLimits,
     /// How each connection's stream is cut into frames.
     pub framing: Framing,
     /// Longest frame in bytes; ignored by raw framing.
@@ -270,6 +367,9 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             listen: vec![DEFAULT_LISTEN.parse().expect("the default address parses")],
+            udp: Vec::new(),
+            unix_socket_mode: 0o660,
+            udp_limits: UdpLimits::default(),
             framing: Framing::Lines,
             max_frame_length: 65_536,
             max_connections: 10_000,
@@ -326,7 +426,13 @@ impl Config {
 /// The settings one source gives; `None` = this source is silent.
 #[derive(Debug, Default)]
 struct Layer {
-    listen: Option<Vec<ListenAddr>>,
+    listen: Option<Vec<Endpoint>>,
+    udp: Option<Vec<ListenAddr>>,
+    unix_socket_mode: Option<u32>,
+    udp_min_source_port: Option<u16>,
+    udp_rate: Option<u32>,
+    udp_burst: Option<u32>,
+    udp_global_rate: Option<u32>,
     framing: Option<Framing>,
     max_frame_length: Option<usize>,
     max_connections: Option<usize>,
@@ -441,7 +547,7 @@ impl Layer {
                     .list()?
                     .iter()
                     .map(|addr| addr.parse())
-                    .collect::<Result<Vec<ListenAddr>, _>>()?;
+                    .collect::<Result<Vec<Endpoint>, _>>()?;
                 if listen.is_empty() {
                     return Err("at least one address is required".into());
                 }
@@ -467,6 +573,37 @@ impl Layer {
                     .parse(&directive)
                     .map_err(|error| format!("bad filter directive {directive:?}: {error}"))?;
                 self.log_level = Some(directive);
+            }
+            "udp" => {
+                let list = value.list()?;
+                // An empty variable (ECHOD_UDP=) means no UDP listeners.
+                let list = if list == [""] { Vec::new() } else { list };
+                self.udp = Some(
+                    list.iter()
+                        .map(|addr| addr.parse())
+                        .collect::<Result<Vec<ListenAddr>, _>>()?,
+                );
+            }
+            "unix_socket_mode" => {
+                let text = match value {
+                    Value::Toml(toml::Value::Integer(mode)) => format!("{mode:o}"),
+                    other => other.text()?,
+                };
+                let mode = u32::from_str_radix(text.trim().trim_start_matches("0o"), 8)
+                    .ok()
+                    .filter(|mode| *mode <= 0o777)
+                    .ok_or_else(|| {
+                        format!("expected an octal file mode such as 0660, found {text:?}")
+                    })?;
+                self.unix_socket_mode = Some(mode);
+            }
+            "udp_min_source_port" => {
+                self.udp_min_source_port = Some(value.integer(0, u16::MAX as u64)? as u16)
+            }
+            "udp_rate" => self.udp_rate = Some(value.integer(1, u32::MAX as u64)? as u32),
+            "udp_burst" => self.udp_burst = Some(value.integer(1, u32::MAX as u64)? as u32),
+            "udp_global_rate" => {
+                self.udp_global_rate = Some(value.integer(1, u32::MAX as u64)? as u32)
             }
             "workers" => self.workers = Some(value.integer(1, 1024)?),
             "tcp_nodelay" => self.tcp_nodelay = Some(value.boolean()?),
@@ -548,6 +685,15 @@ impl Layer {
             }
         }
         apply(&mut config.listen, self.listen);
+        apply(&mut config.udp, self.udp);
+        apply(&mut config.unix_socket_mode, self.unix_socket_mode);
+        apply(
+            &mut config.udp_limits.min_source_port,
+            self.udp_min_source_port,
+        );
+        apply(&mut config.udp_limits.rate, self.udp_rate);
+        apply(&mut config.udp_limits.burst, self.udp_burst);
+        apply(&mut config.udp_limits.global_rate, self.udp_global_rate);
         apply(&mut config.framing, self.framing);
         apply(&mut config.max_frame_length, self.max_frame_length);
         apply(&mut config.max_connections, self.max_connections);

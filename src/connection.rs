@@ -119,17 +119,26 @@ impl EchoStream for tokio::net::TcpStream {
         tokio::net::TcpStream::poll_read_ready(self, cx)
     }
     fn read_arrived(&mut self, buf: &mut BytesMut) -> io::Result<Option<usize>> {
-        // The socket is non-blocking, so recv returns WouldBlock when empty.
-        match socket2::SockRef::from(&*self).recv(buf.spare_capacity_mut()) {
+        recv_arrived(socket2::SockRef::from(&*self), buf)
+    }
+}
+
+/// [`EchoStream::read_arrived`] for any socket tokio has made non-blocking.
+pub(crate) fn recv_arrived(
+    socket: socket2::SockRef<'_>,
+    buf: &mut BytesMut,
+) -> io::Result<Option<usize>> {
+    loop {
+        match socket.recv(buf.spare_capacity_mut()) {
             Ok(read) => {
                 // SAFETY: recv initialised `read` bytes of the spare
                 // capacity, which directly follows the buffer's length.
                 unsafe { buf.set_len(buf.len() + read) };
-                Ok(Some(read))
+                return Ok(Some(read));
             }
-            Err(error) if error.kind() == io::ErrorKind::WouldBlock => Ok(None),
-            Err(error) if error.kind() == io::ErrorKind::Interrupted => self.read_arrived(buf),
-            Err(error) => Err(error),
+            Err(error) if error.kind() == io::ErrorKind::WouldBlock => return Ok(None),
+            Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
+            Err(error) => return Err(error),
         }
     }
 }

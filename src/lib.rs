@@ -9,6 +9,8 @@
 //!   bounds connections with a semaphore and drives graceful shutdown.
 //! - [`connection`] is the per-connection echo loop, generic over the stream:
 //!   read, write back every whole frame in one batch, repeat.
+//! - [`listen`] is the stream listeners: TCP and Unix domain sockets.
+//! - [`udp`] is RFC 862 datagram echo with its reflection guards.
 //! - [`shutdown`] turns SIGINT/SIGTERM (Ctrl-C elsewhere) into the trigger.
 //! - [`client`] is the interactive `echo-client`; [`bench`] its load
 //!   generator (`echo-client bench`).
@@ -21,9 +23,11 @@ pub mod client;
 pub mod codec;
 pub mod config;
 pub mod connection;
+pub mod listen;
 pub mod logging;
 pub mod server;
 pub mod shutdown;
+pub mod udp;
 
 pub use codec::{EchoCodec, Framing};
 pub use config::Config;

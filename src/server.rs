@@ -22,7 +22,7 @@ use std::{
 };
 
 use tokio::{
-    net::{TcpListener, TcpStream},
+    net::TcpListener,
     sync::{OwnedSemaphorePermit, Semaphore},
     task::JoinSet,
 };
@@ -31,8 +31,9 @@ use tracing::{debug, info, warn, Instrument};
 
 use crate::{
     codec::EchoCodec,
-    config::{Config, ListenAddr},
-    connection::{self, CloseReason, ConnectionSettings, ConnectionStats},
+    config::{Config, Endpoint, ListenAddr},
+    connection::{self, CloseReason, ConnectionSettings, ConnectionStats, EchoStream},
+    listen::{Listener, Stream},
 };
 
 /// Pending connections the kernel queues per listener (capped by
@@ -49,6 +50,10 @@ pub enum ServerError {
     Resolve { addr: ListenAddr, source: io::Error },
     #[error("cannot listen on {addr}: {source}")]
     Bind { addr: SocketAddr, source: io::Error },
+    #[error("cannot listen on {endpoint}: {reason}")]
+    BindUnix { endpoint: String, reason: String },
+    #[error("cannot listen on udp:{addr}: {source}")]
+    BindUdp { addr: SocketAddr, source: io::Error },
     #[error("{0}")]
     Io(#[from] io::Error),
 }
@@ -62,8 +67,10 @@ pub struct ShutdownReport {
 
 /// A bound, not yet serving, echo server.
 pub struct Server {
-    listeners: Vec<TcpListener>,
+    listeners: Vec<Listener>,
+    udp: Vec<tokio::net::UdpSocket>,
     local_addrs: Vec<SocketAddr>,
+    udp_addrs: Vec<SocketAddr>,
     config: Config,
 }
 
@@ -71,26 +78,67 @@ impl Server {
     /// Resolves and binds every listen address of `config`, then logs
     /// `listening on ADDR` once per listener with its real port.
     pub async fn bind(config: Config) -> Result<Server, ServerError> {
-        let mut addrs = Vec::new();
-        for listen in &config.listen {
-            addrs.extend(resolve(listen).await?);
+        let mut listeners = Vec::new();
+        for endpoint in &config.listen {
+            match endpoint {
+                Endpoint::Tcp(listen) => {
+                    for addr in resolve(listen).await? {
+                        let listener = bind_listener(addr)
+                            .map_err(|source| ServerError::Bind { addr, source })?;
+                        listeners.push(Listener::Tcp(listener));
+                    }
+                }
+                #[cfg(unix)]
+                Endpoint::Unix(path) => {
+                    let listener = crate::listen::UnixListener::bind(path, config.unix_socket_mode)
+                        .map_err(|reason| ServerError::BindUnix {
+                            endpoint: endpoint.to_string(),
+                            reason,
+                        })?;
+                    listeners.push(Listener::Unix(listener));
+                }
+                #[cfg(not(unix))]
+                Endpoint::Unix(_) => {
+                    return Err(ServerError::BindUnix {
+                        endpoint: endpoint.to_string(),
+                        reason: "Unix sockets are not supported on this platform".into(),
+                    })
+                }
+            }
         }
-        let mut listeners = Vec::with_capacity(addrs.len());
-        let mut local_addrs = Vec::with_capacity(addrs.len());
-        for addr in addrs {
-            let listener =
-                bind_listener(addr).map_err(|source| ServerError::Bind { addr, source })?;
-            local_addrs.push(listener.local_addr()?);
-            listeners.push(listener);
+        let mut udp = Vec::new();
+        for listen in &config.udp {
+            for addr in resolve(listen).await? {
+                udp.push(
+                    crate::udp::bind(addr)
+                        .map_err(|source| ServerError::BindUdp { addr, source })?,
+                );
+            }
         }
-        for addr in &local_addrs {
-            info!(address = %addr, "listening on {addr}");
+        let local_addrs = listeners.iter().filter_map(Listener::tcp_addr).collect();
+        let udp_addrs = udp
+            .iter()
+            .filter_map(|socket| socket.local_addr().ok())
+            .collect();
+        for listener in &listeners {
+            let address = listener.describe();
+            info!(%address, "listening on {address}");
+        }
+        for addr in &udp_addrs {
+            info!(address = %format!("udp:{addr}"), "listening on udp:{addr}");
         }
         Ok(Server {
             listeners,
+            udp,
             local_addrs,
+            udp_addrs,
             config,
         })
+    }
+
+    /// The bound UDP addresses, with the real port where port 0 was asked.
+    pub fn udp_addrs(&self) -> &[SocketAddr] {
+        &self.udp_addrs
     }
 
     /// The bound addresses, with the real port where port 0 was asked.
@@ -122,6 +170,20 @@ impl Server {
         let mut accept_loops = JoinSet::new();
         for listener in self.listeners {
             accept_loops.spawn(accept_loop(listener, shared.clone()));
+        }
+        if !self.udp.is_empty() {
+            let limiter = Arc::new(std::sync::Mutex::new(crate::udp::Limiter::new(
+                self.config.udp_limits.clone(),
+                Instant::now(),
+            )));
+            for socket in self.udp {
+                accept_loops.spawn(crate::udp::serve(
+                    socket,
+                    limiter.clone(),
+                    shared.drain.clone(),
+                ));
+            }
+            accept_loops.spawn(crate::udp::report_drops(limiter, shared.drain.clone()));
         }
 
         let cause = shutdown.await;
@@ -235,8 +297,8 @@ fn bind_listener(addr: SocketAddr) -> io::Result<TcpListener> {
     TcpListener::from_std(socket.into())
 }
 
-async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
-    let local = listener.local_addr().ok();
+async fn accept_loop(listener: Listener, shared: Arc<Shared>) {
+    let local = listener.describe();
     let mut backoff = ACCEPT_BACKOFF_MIN;
     loop {
         let accepted = tokio::select! {
@@ -259,8 +321,7 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
             Err(error) => {
                 warn!(
                     %error,
-                    "accept failed on {}; retrying in {}ms",
-                    local.map_or_else(|| "listener".into(), |addr| addr.to_string()),
+                    "accept failed on {local}; retrying in {}ms",
                     backoff.as_millis()
                 );
                 tokio::select! {
@@ -282,9 +343,25 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
                 Err(_closed) => return,
             },
         };
-        shared
-            .connections
-            .spawn(serve(stream, peer, permit, shared.clone()));
+        match stream {
+            Stream::Tcp(stream) => {
+                // Echo replies are latency-bound: never hold one back for Nagle.
+                if shared.tcp_nodelay {
+                    if let Err(error) = stream.set_nodelay(true) {
+                        debug!(%peer, %error, "cannot set TCP_NODELAY");
+                    }
+                }
+                shared
+                    .connections
+                    .spawn(serve(stream, peer, permit, shared.clone()))
+            }
+            #[cfg(unix)]
+            Stream::Unix(stream) => {
+                shared
+                    .connections
+                    .spawn(serve(stream, peer, permit, shared.clone()))
+            }
+        };
     }
 }
 
@@ -299,19 +376,13 @@ fn is_connection_error(error: &io::Error) -> bool {
 }
 
 /// One connection's task: echo until it ends or is cut, then log one line.
-async fn serve(
-    mut stream: TcpStream,
-    peer: SocketAddr,
+async fn serve<S: EchoStream>(
+    mut stream: S,
+    peer: String,
     _permit: OwnedSemaphorePermit,
     shared: Arc<Shared>,
 ) {
     let opened = Instant::now();
-    // Echo replies are latency-bound: never hold a reply back for Nagle.
-    if shared.tcp_nodelay {
-        if let Err(error) = stream.set_nodelay(true) {
-            debug!(%peer, %error, "cannot set TCP_NODELAY");
-        }
-    }
     debug!(%peer, "connection opened");
     let mut stats = ConnectionStats::default();
     // Events inside the echo loop (TRACE `read`) name their connection.
@@ -331,10 +402,10 @@ async fn serve(
         _ = shared.cut.cancelled() => CloseReason::Cut,
         reason = echo.instrument(span) => reason,
     };
-    log_close(peer, &reason, &stats, opened.elapsed());
+    log_close(&peer, &reason, &stats, opened.elapsed());
 }
 
-fn log_close(peer: SocketAddr, reason: &CloseReason, stats: &ConnectionStats, lifetime: Duration) {
+fn log_close(peer: &str, reason: &CloseReason, stats: &ConnectionStats, lifetime: Duration) {
     macro_rules! close_event {
         ($level:ident) => {
             tracing::$level!(

@@ -1,0 +1,137 @@
+//! Stream listeners: TCP, and Unix domain sockets where the platform has
+//! them. Both hand their connections to the same echo loop.
+
+use std::{io, net::SocketAddr, path::Path};
+
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::connection::EchoStream;
+
+/// A bound stream listener.
+pub enum Listener {
+    Tcp(TcpListener),
+    #[cfg(unix)]
+    Unix(UnixListener),
+}
+
+/// An accepted connection.
+pub enum Stream {
+    Tcp(TcpStream),
+    #[cfg(unix)]
+    Unix(tokio::net::UnixStream),
+}
+
+impl Listener {
+    /// What the logs call this listener: `127.0.0.1:3600`, `unix:/run/echod.sock`.
+    pub fn describe(&self) -> String {
+        match self {
+            Listener::Tcp(listener) => listener
+                .local_addr()
+                .map_or_else(|_| "tcp listener".into(), |addr| addr.to_string()),
+            #[cfg(unix)]
+            Listener::Unix(listener) => format!("unix:{}", listener.path.display()),
+        }
+    }
+
+    /// The TCP address, with its real port.
+    pub fn tcp_addr(&self) -> Option<SocketAddr> {
+        match self {
+            Listener::Tcp(listener) => listener.local_addr().ok(),
+            #[cfg(unix)]
+            Listener::Unix(_) => None,
+        }
+    }
+
+    /// Accepts one connection, with the peer's name for the logs: `IP:PORT`,
+    /// or the socket path for Unix clients (which have no address).
+    pub async fn accept(&self) -> io::Result<(Stream, String)> {
+        match self {
+            Listener::Tcp(listener) => {
+                let (stream, peer) = listener.accept().await?;
+                Ok((Stream::Tcp(stream), peer.to_string()))
+            }
+            #[cfg(unix)]
+            Listener::Unix(listener) => {
+                let (stream, _) = listener.listener.accept().await?;
+                Ok((
+                    Stream::Unix(stream),
+                    format!("unix:{}", listener.path.display()),
+                ))
+            }
+        }
+    }
+}
+
+/// A Unix listener that removes its socket file when dropped — if the file
+/// is still the one it created (another server may have replaced it).
+#[cfg(unix)]
+pub struct UnixListener {
+    listener: tokio::net::UnixListener,
+    path: std::path::PathBuf,
+    identity: (u64, u64),
+}
+
+#[cfg(unix)]
+impl UnixListener {
+    /// Binds `path` with file mode `mode` (set explicitly, not left to the
+    /// umask). A socket file left by a dead server is replaced; a live
+    /// server's socket, or a file that is not a socket, is an error and is
+    /// never deleted.
+    pub fn bind(path: &Path, mode: u32) -> Result<UnixListener, String> {
+        use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+        match std::fs::symlink_metadata(path) {
+            Ok(meta) if meta.file_type().is_socket() => {
+                match std::os::unix::net::UnixStream::connect(path) {
+                    Ok(_) => return Err("a server is already listening there".into()),
+                    Err(error) if error.kind() == io::ErrorKind::ConnectionRefused => {
+                        // Nobody listens: a dead server's leftover.
+                        std::fs::remove_file(path).map_err(|error| {
+                            format!("cannot remove the stale socket file: {error}")
+                        })?;
+                        tracing::info!("replaced the stale socket file {}", path.display());
+                    }
+                    Err(error) => {
+                        return Err(format!(
+                            "cannot tell whether the socket file is in use: {error}"
+                        ))
+                    }
+                }
+            }
+            Ok(_) => return Err("the path exists and is not a socket (not removing it)".into()),
+            Err(error) if error.kind() == io::ErrorKind::NotFound => {}
+            Err(error) => return Err(error.to_string()),
+        }
+        let listener = tokio::net::UnixListener::bind(path).map_err(|error| error.to_string())?;
+        let meta = std::fs::metadata(path).map_err(|error| error.to_string())?;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+            .map_err(|error| format!("cannot set the file mode: {error}"))?;
+        Ok(UnixListener {
+            listener,
+            path: path.to_owned(),
+            identity: (meta.dev(), meta.ino()),
+        })
+    }
+}
+
+#[cfg(unix)]
+impl Drop for UnixListener {
+    fn drop(&mut self) {
+        use std::os::unix::fs::MetadataExt;
+        if let Ok(meta) = std::fs::symlink_metadata(&self.path) {
+            if (meta.dev(), meta.ino()) == self.identity {
+                let _ = std::fs::remove_file(&self.path);
+            }
+        }
+    }
+}
+
+#[cfg(unix)]
+impl EchoStream for tokio::net::UnixStream {
+    fn poll_read_ready(&self, cx: &mut std::task::Context<'_>) -> std::task::Poll<io::Result<()>> {
+        tokio::net::UnixStream::poll_read_ready(self, cx)
+    }
+
+    fn read_arrived(&mut self, buf: &mut bytes::BytesMut) -> io::Result<Option<usize>> {
+        crate::connection::recv_arrived(socket2::SockRef::from(&*self), buf)
+    }
+}
