@@ -17,7 +17,7 @@ use tokio_util::codec::{Decoder, Encoder};
 
 use crate::{
     codec::{EchoCodec, Framing, MAX_FRAME_LENGTH_LIMIT},
-    config::{ListenAddr, DEFAULT_LISTEN},
+    config::{Endpoint, ListenAddr, DEFAULT_LISTEN},
     EXIT_FAILURE, EXIT_USAGE,
 };
 
@@ -35,14 +35,18 @@ const SEND_BATCH: usize = 64 * 1024;
 pub struct ClientArgs {
     #[command(subcommand)]
     pub command: Option<ClientCommand>,
-    /// Server address, HOST:PORT or [IPv6]:PORT.
+    /// Server address: HOST:PORT, [IPv6]:PORT or unix:PATH.
     #[arg(default_value = DEFAULT_LISTEN, value_name = "ADDR")]
     pub addr: String,
+    /// Talk UDP (RFC 862): each stdin line is one datagram, and each reply
+    /// is awaited for --timeout before it is reported lost.
+    #[arg(long)]
+    pub udp: bool,
     /// Framing the server uses: each stdin line is one frame.
     #[arg(long, default_value = "lines", value_parser = PossibleValuesParser::new(["lines", "length"]))]
     pub framing: String,
     /// Seconds to wait for the connection, and for the last echoes after
-    /// end of input.
+    /// end of input (with --udp: for each reply).
     #[arg(long, default_value = "10", value_name = "SECS")]
     pub timeout: String,
 }
@@ -97,29 +101,47 @@ pub fn run(args: ClientArgs) -> Result<(), ClientError> {
     if let Some(ClientCommand::Bench(bench)) = args.command {
         return crate::bench::run(bench);
     }
-    let addr: ListenAddr = args
+    let endpoint: Endpoint = args
         .addr
         .parse()
         .map_err(|problem| ClientError::Usage(format!("ADDR: {problem}")))?;
     let framing: Framing = args.framing.parse().map_err(ClientError::Usage)?;
     let timeout = parse_seconds("--timeout", &args.timeout)?;
+    if args.udp && !matches!(endpoint, Endpoint::Tcp(_)) {
+        return Err(ClientError::Usage("--udp needs a HOST:PORT address".into()));
+    }
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|error| ClientError::Failed(format!("cannot start: {error}")))?;
     let result = runtime.block_on(async {
-        let stream = connect(&addr, timeout).await?;
         // Each stdin line is its own frame, so the client may carry one
         // line of any size the framing can express.
         let codec = EchoCodec::new(framing, MAX_FRAME_LENGTH_LIMIT);
-        exchange(
-            stream,
-            tokio::io::stdin(),
-            tokio::io::stdout(),
-            codec,
-            timeout,
-        )
-        .await
+        let (input, output) = (tokio::io::stdin(), tokio::io::stdout());
+        match &endpoint {
+            Endpoint::Tcp(addr) if args.udp => udp_exchange(addr, input, output, timeout).await,
+            Endpoint::Tcp(addr) => {
+                let (from_server, to_server) = connect(addr, timeout).await?.into_split();
+                exchange(from_server, to_server, input, output, codec, timeout).await
+            }
+            #[cfg(unix)]
+            Endpoint::Unix(path) => {
+                let failed = |why: String| {
+                    ClientError::Failed(format!("cannot connect to {endpoint}: {why}"))
+                };
+                let stream = tokio::time::timeout(timeout, tokio::net::UnixStream::connect(path))
+                    .await
+                    .map_err(|_| failed(format!("timed out after {}s", timeout.as_secs_f64())))?
+                    .map_err(|error| failed(error.to_string()))?;
+                let (from_server, to_server) = stream.into_split();
+                exchange(from_server, to_server, input, output, codec, timeout).await
+            }
+            #[cfg(not(unix))]
+            Endpoint::Unix(_) => Err(ClientError::Usage(
+                "Unix sockets are not supported here".into(),
+            )),
+        }
     });
     // A blocking read of an interactive stdin may still be waiting: do not
     // wait for it on the way out.
@@ -148,18 +170,20 @@ struct Tally {
 }
 
 /// Sends every line of `input` and prints every echo to `output`.
-pub async fn exchange<I, O>(
-    stream: TcpStream,
+pub async fn exchange<R, W, I, O>(
+    from_server: R,
+    to_server: W,
     input: I,
     output: O,
     codec: EchoCodec,
     timeout: Duration,
 ) -> Result<(), ClientError>
 where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
     I: AsyncRead + Unpin,
     O: AsyncWrite + Unpin,
 {
-    let (from_server, to_server) = stream.into_split();
     let receive = receive_echoes(from_server, output, codec);
     tokio::pin!(receive);
     let sent = tokio::select! {
@@ -185,6 +209,89 @@ where
             "server closed the connection after echoing {} of {} bytes",
             received.bytes, sent.bytes
         )));
+    }
+    Ok(())
+}
+
+/// UDP: each line of `input` is one datagram; its reply is printed exactly,
+/// or reported lost after `timeout`. Fails (exit 1) if any reply was lost.
+pub async fn udp_exchange<I, O>(
+    addr: &ListenAddr,
+    input: I,
+    mut output: O,
+    timeout: Duration,
+) -> Result<(), ClientError>
+where
+    I: AsyncRead + Unpin,
+    O: AsyncWrite + Unpin,
+{
+    let failed = |why: String| ClientError::Failed(format!("udp:{addr}: {why}"));
+    let target = tokio::net::lookup_host((addr.host(), addr.port()))
+        .await
+        .map_err(|error| failed(error.to_string()))?
+        .next()
+        .ok_or_else(|| failed("no address found".into()))?;
+    let local = if target.is_ipv6() {
+        "[::]:0"
+    } else {
+        "0.0.0.0:0"
+    };
+    let socket = tokio::net::UdpSocket::bind(local)
+        .await
+        .map_err(|error| failed(error.to_string()))?;
+    socket
+        .connect(target)
+        .await
+        .map_err(|error| failed(error.to_string()))?;
+    let mut input = BufReader::new(input);
+    let (mut line, mut reply) = (Vec::new(), vec![0u8; crate::udp::MAX_DATAGRAM]);
+    let (mut sent, mut lost) = (0u64, 0u64);
+    loop {
+        line.clear();
+        if input
+            .read_until(b'\n', &mut line)
+            .await
+            .map_err(|error| failed(format!("cannot read stdin: {error}")))?
+            == 0
+        {
+            break;
+        }
+        sent += 1;
+        if line.len() > 65_507 {
+            return Err(failed(format!(
+                "line {sent} is {} bytes, more than one datagram holds (65,507)",
+                line.len()
+            )));
+        }
+        socket
+            .send(&line)
+            .await
+            .map_err(|error| failed(error.to_string()))?;
+        // Wait for this datagram's reply; a late reply to an earlier one is skipped.
+        let answered = tokio::time::timeout(timeout, async {
+            loop {
+                match socket.recv(&mut reply).await {
+                    Ok(len) if reply[..len] == line[..] => return Ok(()),
+                    Ok(_) => continue,
+                    Err(error) => return Err(error),
+                }
+            }
+        })
+        .await;
+        match answered {
+            Ok(Ok(())) => write_output(&mut output, &line).await?,
+            Ok(Err(error)) => return Err(failed(error.to_string())),
+            Err(_) => {
+                lost += 1;
+                eprintln!(
+                    "echo-client: no reply to line {sent} within {}s (lost, or dropped by the server's rate limit)",
+                    timeout.as_secs_f64()
+                );
+            }
+        }
+    }
+    if lost > 0 {
+        return Err(failed(format!("{lost} of {sent} datagrams got no reply")));
     }
     Ok(())
 }

@@ -140,3 +140,63 @@ fn bad_usage_exits_two() {
         assert!(!stderr.contains("panicked"));
     }
 }
+
+#[cfg(unix)]
+#[tokio::test]
+async fn the_client_talks_over_a_unix_socket() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("echo.sock");
+    let server = TestServer::start(Config {
+        listen: vec![echod::config::Endpoint::Unix(path.clone())],
+        ..config()
+    })
+    .await;
+    let input = b"via unix\nsecond\r\nno newline".to_vec();
+    let (code, stdout, stderr) =
+        client(vec![format!("unix:{}", path.display())], input.clone()).await;
+    assert_eq!(code, Some(0), "{stderr}");
+    assert_eq!(stdout, input);
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_client_sends_each_line_as_a_datagram_with_udp() {
+    let server = TestServer::start(Config {
+        udp: vec!["127.0.0.1:0".parse().unwrap()],
+        ..config()
+    })
+    .await;
+    let input = b"one\ntwo\n\nlast".to_vec();
+    let (code, stdout, stderr) = client(
+        vec![server.udp_addrs[0].to_string(), "--udp".into()],
+        input.clone(),
+    )
+    .await;
+    assert_eq!(code, Some(0), "{stderr}");
+    assert_eq!(stdout, input);
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn lost_udp_replies_are_reported_and_exit_one() {
+    let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let addr = silent.local_addr().unwrap();
+    let (code, stdout, stderr) = client(
+        vec![
+            addr.to_string(),
+            "--udp".into(),
+            "--timeout".into(),
+            "0.3".into(),
+        ],
+        b"anyone?\nhello?\n".to_vec(),
+    )
+    .await;
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stdout.is_empty());
+    assert!(
+        stderr.contains("no reply to line 1 within 0.3s"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("2 of 2 datagrams got no reply"), "{stderr}");
+    drop(silent);
+}

@@ -32,6 +32,7 @@ pub fn config() -> Config {
 /// An echo server running in this process.
 pub struct TestServer {
     pub addrs: Vec<SocketAddr>,
+    pub udp_addrs: Vec<SocketAddr>,
     shutdown: Option<oneshot::Sender<()>>,
     task: JoinHandle<ShutdownReport>,
 }
@@ -40,6 +41,7 @@ impl TestServer {
     pub async fn start(config: Config) -> TestServer {
         let server = Server::bind(config).await.expect("bind");
         let addrs = server.local_addrs().to_vec();
+        let udp_addrs = server.udp_addrs().to_vec();
         let (shutdown, signalled) = oneshot::channel::<()>();
         let task = tokio::spawn(server.run(async move {
             let _ = signalled.await;
@@ -47,6 +49,7 @@ impl TestServer {
         }));
         TestServer {
             addrs,
+            udp_addrs,
             shutdown: Some(shutdown),
             task,
         }
