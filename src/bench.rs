@@ -16,7 +16,9 @@ use std::{
     cell::{Cell, RefCell},
     io::{self, IsTerminal, Write},
     path::PathBuf,
+    pin::Pin,
     rc::Rc,
+    task::{Context, Poll},
     time::{Duration, Instant},
 };
 
@@ -24,13 +26,17 @@ use bytes::{Buf, BytesMut};
 use clap::{builder::PossibleValuesParser, Args};
 use hdrhistogram::Histogram;
 use serde::Serialize;
-use tokio::{io::AsyncReadExt, net::TcpStream, task::JoinHandle};
+use tokio::{
+    io::{AsyncRead, ReadBuf},
+    net::TcpStream,
+    task::JoinHandle,
+};
 use tokio_util::codec::Encoder;
 
 use crate::{
     client::{connect, parse_seconds, ClientError},
     codec::{EchoCodec, Framing, LENGTH_HEADER_LEN, MAX_FRAME_LENGTH_LIMIT},
-    config::{ListenAddr, DEFAULT_LISTEN},
+    config::{Endpoint, DEFAULT_LISTEN},
 };
 
 /// Distinct message start offsets in the random pattern.
@@ -43,9 +49,16 @@ const READ_BUFFER: usize = 64 * 1024;
 /// `echo-client bench`'s arguments.
 #[derive(Debug, Args)]
 pub struct BenchArgs {
-    /// Server address, HOST:PORT or [IPv6]:PORT.
+    /// Server address: HOST:PORT, [IPv6]:PORT or unix:PATH.
     #[arg(default_value = DEFAULT_LISTEN, value_name = "ADDR")]
     pub addr: String,
+    /// Load a UDP echo server: each connection is a socket, each message a
+    /// datagram (--size includes an 8-byte sequence number).
+    #[arg(long)]
+    pub udp: bool,
+    /// UDP: seconds before an unanswered datagram counts as lost.
+    #[arg(long, default_value = "1", value_name = "SECS")]
+    pub loss_timeout: String,
     /// Connections to open and drive at once.
     #[arg(long, value_name = "N")]
     pub connections: usize,
@@ -80,7 +93,9 @@ pub struct BenchArgs {
 /// A validated bench plan.
 #[derive(Debug, Clone)]
 pub struct Plan {
-    pub addr: ListenAddr,
+    pub endpoint: Endpoint,
+    pub udp: bool,
+    pub loss_timeout: Duration,
     pub connections: usize,
     pub size: usize,
     pub pipeline: usize,
@@ -93,10 +108,18 @@ pub struct Plan {
 impl Plan {
     pub fn from_args(args: &BenchArgs) -> Result<Plan, ClientError> {
         let usage = |message: String| ClientError::Usage(message);
-        let addr: ListenAddr = args
+        let endpoint: Endpoint = args
             .addr
             .parse()
             .map_err(|problem| usage(format!("ADDR: {problem}")))?;
+        if args.udp && !matches!(endpoint, Endpoint::Tcp(_)) {
+            return Err(usage("--udp needs a HOST:PORT address".into()));
+        }
+        if args.udp && !(UDP_HEADER..=65_507).contains(&args.size) {
+            return Err(usage(format!(
+                "--size: must be from {UDP_HEADER} to 65507 with --udp"
+            )));
+        }
         let framing: Framing = args.framing.parse().map_err(usage)?;
         if args.connections == 0 {
             return Err(usage("--connections: must be at least 1".into()));
@@ -116,7 +139,9 @@ impl Plan {
             parse_seconds("--warmup", &args.warmup)?
         };
         Ok(Plan {
-            addr,
+            endpoint,
+            udp: args.udp,
+            loss_timeout: parse_seconds("--loss-timeout", &args.loss_timeout)?,
             connections: args.connections,
             size: args.size,
             pipeline: args.pipeline,
@@ -159,6 +184,9 @@ pub struct Report {
     pub latency_us: Latency,
     pub errors: u64,
     pub mismatches: u64,
+    /// UDP only: datagrams with no reply within the loss timeout.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lost: Option<u64>,
 }
 
 /// What every connection task adds to.
@@ -169,6 +197,7 @@ struct Tally {
     completed: Cell<u64>,
     errors: Cell<u64>,
     mismatches: Cell<u64>,
+    lost: Cell<u64>,
     first_errors: RefCell<Vec<String>>,
     latency_ns: RefCell<Histogram<u64>>,
     measure_from: Cell<Option<Instant>>,
@@ -182,6 +211,7 @@ impl Tally {
             completed: Cell::new(0),
             errors: Cell::new(0),
             mismatches: Cell::new(0),
+            lost: Cell::new(0),
             first_errors: RefCell::new(Vec::new()),
             latency_ns: RefCell::new(
                 Histogram::new_with_bounds(1, 3_600_000_000_000, 3).expect("valid bounds"),
@@ -273,12 +303,8 @@ pub async fn measure(
     let codec = EchoCodec::new(plan.framing, MAX_FRAME_LENGTH_LIMIT);
 
     // Connect everything first: nothing is sent until all are up or failed.
-    let connecting: Vec<JoinHandle<Result<TcpStream, ClientError>>> = (0..plan.connections)
-        .map(|_| {
-            let addr = plan.addr.clone();
-            let timeout = plan.connect_timeout;
-            tokio::task::spawn_local(async move { connect(&addr, timeout).await })
-        })
+    let connecting: Vec<JoinHandle<Result<Conn, ClientError>>> = (0..plan.connections)
+        .map(|_| tokio::task::spawn_local(open(plan.clone())))
         .collect();
     let mut streams = Vec::with_capacity(plan.connections);
     for connection in connecting {
@@ -305,9 +331,20 @@ pub async fn measure(
     let drivers: Vec<JoinHandle<()>> = streams
         .into_iter()
         .enumerate()
-        .map(|(index, stream)| {
-            let driver = Driver::new(stream, plan, codec, pattern.clone(), tally.clone(), index);
-            tokio::task::spawn_local(driver.run())
+        .map(|(index, conn)| {
+            let (pattern, tally) = (pattern.clone(), tally.clone());
+            match conn {
+                Conn::Tcp(stream) => tokio::task::spawn_local(
+                    Driver::new(stream, plan, codec, pattern, tally, index).run(),
+                ),
+                #[cfg(unix)]
+                Conn::Unix(stream) => tokio::task::spawn_local(
+                    Driver::new(stream, plan, codec, pattern, tally, index).run(),
+                ),
+                Conn::Udp(socket) => tokio::task::spawn_local(
+                    UdpDriver::new(socket, plan, pattern, tally, index).run(),
+                ),
+            }
         })
         .collect();
 
@@ -348,7 +385,11 @@ pub async fn measure(
         connections: plan.connections,
         size: plan.size,
         pipeline: plan.pipeline,
-        framing: plan.framing.to_string(),
+        framing: if plan.udp {
+            "udp".into()
+        } else {
+            plan.framing.to_string()
+        },
         duration_s: elapsed,
         messages,
         msgs_per_sec,
@@ -361,6 +402,7 @@ pub async fn measure(
         },
         errors: tally.errors.get(),
         mismatches: tally.mismatches.get(),
+        lost: plan.udp.then(|| tally.lost.get()),
     };
     let first_errors = tally.first_errors.take();
     Ok((report, histogram, first_errors))
@@ -397,9 +439,80 @@ fn xorshift(state: &mut u64) -> u64 {
     x.wrapping_mul(0x2545_F491_4F6C_DD1D)
 }
 
+/// One open connection (or UDP socket) of the bench.
+enum Conn {
+    Tcp(TcpStream),
+    #[cfg(unix)]
+    Unix(tokio::net::UnixStream),
+    Udp(tokio::net::UdpSocket),
+}
+
+async fn open(plan: Plan) -> Result<Conn, ClientError> {
+    let failed =
+        |why: String| ClientError::Failed(format!("cannot connect to {}: {why}", plan.endpoint));
+    match &plan.endpoint {
+        Endpoint::Tcp(addr) if plan.udp => {
+            let target = tokio::net::lookup_host((addr.host(), addr.port()))
+                .await
+                .map_err(|error| failed(error.to_string()))?
+                .next()
+                .ok_or_else(|| failed("no address found".into()))?;
+            let local = if target.is_ipv6() {
+                "[::]:0"
+            } else {
+                "0.0.0.0:0"
+            };
+            let socket = tokio::net::UdpSocket::bind(local)
+                .await
+                .map_err(|error| failed(error.to_string()))?;
+            socket
+                .connect(target)
+                .await
+                .map_err(|error| failed(error.to_string()))?;
+            Ok(Conn::Udp(socket))
+        }
+        Endpoint::Tcp(addr) => Ok(Conn::Tcp(connect(addr, plan.connect_timeout).await?)),
+        #[cfg(unix)]
+        Endpoint::Unix(path) => {
+            tokio::time::timeout(plan.connect_timeout, tokio::net::UnixStream::connect(path))
+                .await
+                .map_err(|_| failed("timed out".into()))?
+                .map(Conn::Unix)
+                .map_err(|error| failed(error.to_string()))
+        }
+        #[cfg(not(unix))]
+        Endpoint::Unix(_) => Err(failed("Unix sockets are not supported here".into())),
+    }
+}
+
+/// What the stream driver needs of a socket: TCP and Unix streams both.
+trait BenchStream: AsyncRead + Unpin + 'static {
+    fn try_write(&self, buf: &[u8]) -> io::Result<usize>;
+    fn poll_write_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>>;
+}
+
+impl BenchStream for TcpStream {
+    fn try_write(&self, buf: &[u8]) -> io::Result<usize> {
+        TcpStream::try_write(self, buf)
+    }
+    fn poll_write_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        TcpStream::poll_write_ready(self, cx)
+    }
+}
+
+#[cfg(unix)]
+impl BenchStream for tokio::net::UnixStream {
+    fn try_write(&self, buf: &[u8]) -> io::Result<usize> {
+        tokio::net::UnixStream::try_write(self, buf)
+    }
+    fn poll_write_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        tokio::net::UnixStream::poll_write_ready(self, cx)
+    }
+}
+
 /// One connection's load.
-struct Driver {
-    stream: TcpStream,
+struct Driver<S> {
+    stream: S,
     codec: EchoCodec,
     pattern: Rc<Vec<u8>>,
     tally: Rc<Tally>,
@@ -425,15 +538,15 @@ struct Driver {
     read_buf: Vec<u8>,
 }
 
-impl Driver {
+impl<S: BenchStream> Driver<S> {
     fn new(
-        stream: TcpStream,
+        stream: S,
         plan: &Plan,
         codec: EchoCodec,
         pattern: Rc<Vec<u8>>,
         tally: Rc<Tally>,
         index: usize,
-    ) -> Driver {
+    ) -> Driver<S> {
         let mut rng = seed() ^ (index as u64 + 1).wrapping_mul(0xD1B5_4A32_D192_ED03);
         if rng == 0 {
             rng = 1;
@@ -470,19 +583,23 @@ impl Driver {
             self.enqueue();
             self.flush()?;
             // Read through poll_read: a short read tells tokio the socket is
-            // drained, which saves an EAGAIN recv per message.
-            let (mut reader, writer) = self.stream.split();
-            let read = if self.written < self.out.len() {
-                tokio::select! {
-                    read = reader.read(&mut self.read_buf) => Some(read),
-                    ready = writer.as_ref().writable() => {
-                        ready.map_err(|error| format!("connection failed: {error}"))?;
-                        None
+            // drained, which saves an EAGAIN recv per message. Wait for
+            // writability too while output is pending.
+            let pending_write = self.written < self.out.len();
+            let (stream, read_buf) = (&mut self.stream, &mut self.read_buf);
+            let read = std::future::poll_fn(|cx| {
+                let mut buf = ReadBuf::new(read_buf);
+                if let Poll::Ready(result) = Pin::new(&mut *stream).poll_read(cx, &mut buf) {
+                    return Poll::Ready(Some(result.map(|()| buf.filled().len())));
+                }
+                if pending_write {
+                    if let Poll::Ready(result) = stream.poll_write_ready(cx) {
+                        return Poll::Ready(result.err().map(Err));
                     }
                 }
-            } else {
-                Some(reader.read(&mut self.read_buf).await)
-            };
+                Poll::Pending
+            })
+            .await;
             match read {
                 None => {}
                 Some(Ok(0)) => return Err("server closed the connection".into()),
@@ -567,6 +684,121 @@ impl Driver {
     }
 }
 
+/// Bytes of a UDP bench datagram before its pattern bytes: the sequence number.
+const UDP_HEADER: usize = 8;
+
+/// One UDP socket's load: up to K datagrams in flight, each carrying its
+/// sequence number; a reply is matched by it and checked byte for byte; a
+/// datagram unanswered for the loss timeout is counted lost.
+struct UdpDriver {
+    socket: tokio::net::UdpSocket,
+    pattern: Rc<Vec<u8>>,
+    tally: Rc<Tally>,
+    size: usize,
+    pipeline: usize,
+    loss_timeout: Duration,
+    salt: u64,
+    next_seq: u64,
+    in_flight: std::collections::VecDeque<(u64, Instant)>,
+    out: Vec<u8>,
+    buf: Vec<u8>,
+}
+
+impl UdpDriver {
+    fn new(
+        socket: tokio::net::UdpSocket,
+        plan: &Plan,
+        pattern: Rc<Vec<u8>>,
+        tally: Rc<Tally>,
+        index: usize,
+    ) -> UdpDriver {
+        UdpDriver {
+            socket,
+            pattern,
+            tally,
+            size: plan.size,
+            pipeline: plan.pipeline,
+            loss_timeout: plan.loss_timeout,
+            salt: seed() ^ (index as u64 + 1).wrapping_mul(0xD1B5_4A32_D192_ED03),
+            next_seq: 0,
+            in_flight: std::collections::VecDeque::with_capacity(plan.pipeline),
+            out: Vec::with_capacity(plan.size),
+            buf: vec![0; crate::udp::MAX_DATAGRAM],
+        }
+    }
+
+    /// The datagram for `seq`: its number, then pattern bytes that depend on it.
+    fn datagram(&self, seq: u64, into: &mut Vec<u8>) {
+        let mut state = (seq ^ self.salt) | 1;
+        let offset = (xorshift(&mut state) % PATTERN_SPAN as u64) as usize;
+        into.clear();
+        into.extend_from_slice(&seq.to_be_bytes());
+        into.extend_from_slice(&self.pattern[offset..offset + self.size - UDP_HEADER]);
+    }
+
+    async fn run(mut self) {
+        if let Err(error) = self.drive().await {
+            self.tally.error(error);
+        }
+    }
+
+    async fn drive(&mut self) -> Result<(), String> {
+        let failed = |error: io::Error| format!("udp socket failed: {error}");
+        let mut expected = Vec::with_capacity(self.size);
+        loop {
+            let mut blocked = false;
+            while self.in_flight.len() < self.pipeline {
+                let mut out = std::mem::take(&mut self.out);
+                self.datagram(self.next_seq, &mut out);
+                let now = Instant::now();
+                let sent = self.socket.try_send(&out);
+                self.out = out;
+                match sent {
+                    Ok(_) => {
+                        self.in_flight.push_back((self.next_seq, now));
+                        self.next_seq += 1;
+                    }
+                    Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
+                        blocked = true;
+                        break;
+                    }
+                    Err(error) => return Err(failed(error)),
+                }
+            }
+            let oldest = self
+                .in_flight
+                .front()
+                .map(|&(_, sent)| sent + self.loss_timeout);
+            tokio::select! {
+                received = self.socket.recv(&mut self.buf) => {
+                    let len = received.map_err(failed)?;
+                    let now = Instant::now();
+                    let Some(seq) = self.buf.get(..UDP_HEADER).map(|b| u64::from_be_bytes(b.try_into().unwrap())) else {
+                        self.tally.mismatches.set(self.tally.mismatches.get() + 1);
+                        continue;
+                    };
+                    // A reply to a datagram already counted lost is ignored.
+                    let Some(position) = self.in_flight.iter().position(|&(s, _)| s == seq) else { continue };
+                    let (_, sent_at) = self.in_flight.remove(position).expect("position is in range");
+                    self.datagram(seq, &mut expected);
+                    if self.buf[..len] != expected[..] {
+                        self.tally.mismatches.set(self.tally.mismatches.get() + 1);
+                    }
+                    self.tally.completed(sent_at, now);
+                }
+                () = tokio::time::sleep_until(oldest.unwrap_or_else(Instant::now).into()), if oldest.is_some() => {
+                    let now = Instant::now();
+                    while self.in_flight.front().is_some_and(|&(_, sent)| sent + self.loss_timeout <= now) {
+                        self.in_flight.pop_front();
+                        self.tally.lost.set(self.tally.lost.get() + 1);
+                    }
+                }
+                ready = self.socket.writable(), if blocked => { ready.map_err(failed)?; }
+            }
+        }
+    }
+}
+
 fn progress_bar(total: Duration) -> indicatif::ProgressBar {
     let bar = indicatif::ProgressBar::new(total.as_millis() as u64);
     bar.set_draw_target(indicatif::ProgressDrawTarget::stderr());
@@ -579,6 +811,15 @@ fn progress_bar(total: Duration) -> indicatif::ProgressBar {
 /// The human-readable report.
 pub fn render(plan: &Plan, report: &Report) -> String {
     let latency = &report.latency_us;
+    let lost = report
+        .lost
+        .map(|lost| {
+            format!(
+                "lost        {lost} (no reply within {:.1} s)\n",
+                plan.loss_timeout.as_secs_f64()
+            )
+        })
+        .unwrap_or_default();
     format!(
         "{} connections x {} B, pipeline {}, {} framing, {:.1} s measured after {:.1} s warm-up\n\
          messages    {} ({:.0} msgs/s, {:.2} MiB/s each way)\n\
@@ -600,7 +841,7 @@ pub fn render(plan: &Plan, report: &Report) -> String {
         latency.max,
         report.errors,
         report.mismatches,
-    )
+    ) + &lost
 }
 
 /// HdrHistogram's percentile-distribution text (as `outputPercentileDistribution`

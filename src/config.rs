@@ -807,6 +807,46 @@ mod tests {
     }
 
     #[test]
+    fn socket_family_settings_parse_from_every_layer() {
+        let (_file, path) = file("udp = [\"127.0.0.1:7\", \"[::1]:7\"]\nunix_socket_mode = 0o640\nlisten = [\"unix:/run/echod.sock\", \"[::]:3600\"]\n");
+        let (config, _) = Config::load(&args(&["--config", &path]), env(&[])).unwrap();
+        assert_eq!(config.udp.len(), 2);
+        assert_eq!(config.unix_socket_mode, 0o640);
+        assert_eq!(config.listen[0], Endpoint::Unix("/run/echod.sock".into()));
+        let (config, _) = Config::load(
+            &args(&[
+                "--config",
+                &path,
+                "--unix-socket-mode",
+                "600",
+                "--udp-rate",
+                "5",
+            ]),
+            env(&[("ECHOD_UDP", ""), ("ECHOD_UDP_MIN_SOURCE_PORT", "0")]),
+        )
+        .unwrap();
+        assert!(config.udp.is_empty(), "ECHOD_UDP= turns UDP off");
+        assert_eq!(
+            (
+                config.unix_socket_mode,
+                config.udp_limits.rate,
+                config.udp_limits.min_source_port
+            ),
+            (0o600, 5, 0)
+        );
+        for bad in [
+            ["--unix-socket-mode", "999"],
+            ["--udp-rate", "0"],
+            ["--udp", "nope"],
+            ["--listen", "unix:"],
+        ] {
+            let error =
+                Config::load(&args(&[bad[0], bad[1], "--config", &path]), env(&[])).unwrap_err();
+            assert!(error.0.starts_with(bad[0]), "{}", error.0);
+        }
+    }
+
+    #[test]
     fn unknown_echod_variables_are_warnings_not_errors() {
         let (config, warnings) = Config::load(
             &args(&["--config", &file("").1]),

@@ -260,3 +260,101 @@ fn bad_bench_usage_exits_two() {
         assert_eq!(code, Some(2), "{extra:?}: {stderr}");
     }
 }
+
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_drives_a_unix_socket() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("echo.sock");
+    let server = TestServer::start(Config {
+        listen: vec![echod::config::Endpoint::Unix(path.clone())],
+        ..config()
+    })
+    .await;
+    let unix = format!("unix:{}", path.display());
+    let mut args = args(
+        server.addr_or_unused(),
+        &["--connections", "3", "--size", "100", "--pipeline", "4"],
+    );
+    args[1] = unix;
+    let (code, stdout, stderr) = bench(args).await;
+    assert_eq!(code, Some(0), "{stderr}");
+    let report = report(&stdout);
+    assert!(report["messages"].as_u64().unwrap() > 0, "{report}");
+    assert_eq!(report["mismatches"], 0);
+    assert!(
+        report.get("lost").is_none(),
+        "lost is for UDP only: {report}"
+    );
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_over_udp_verifies_datagrams_and_counts_none_lost_within_the_limits() {
+    let server = TestServer::start(Config {
+        udp: vec!["127.0.0.1:0".parse().unwrap()],
+        udp_limits: echod::config::UdpLimits {
+            rate: 1_000_000,
+            burst: 1_000_000,
+            global_rate: 1_000_000,
+            ..Default::default()
+        },
+        ..config()
+    })
+    .await;
+    let (code, stdout, stderr) = bench(args(
+        server.udp_addrs[0],
+        &[
+            "--udp",
+            "--connections",
+            "2",
+            "--size",
+            "512",
+            "--pipeline",
+            "4",
+        ],
+    ))
+    .await;
+    assert_eq!(code, Some(0), "{stderr}");
+    let report = report(&stdout);
+    assert!(report["messages"].as_u64().unwrap() > 100, "{report}");
+    assert_eq!(report["mismatches"], 0);
+    assert_eq!(report["lost"], 0, "{report}");
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn bench_over_udp_counts_datagrams_the_server_rate_limits_as_lost() {
+    // echod's default per-source limit (100/s, burst 200) drops most of a
+    // flood from one address: the bench must count those, not hang.
+    let server = TestServer::start(Config {
+        udp: vec!["127.0.0.1:0".parse().unwrap()],
+        ..config()
+    })
+    .await;
+    let (code, stdout, stderr) = bench(args(
+        server.udp_addrs[0],
+        &[
+            "--udp",
+            "--connections",
+            "4",
+            "--size",
+            "64",
+            "--pipeline",
+            "8",
+            "--loss-timeout",
+            "0.1",
+        ],
+    ))
+    .await;
+    assert_eq!(code, Some(0), "{stderr}");
+    let report = report(&stdout);
+    let (messages, lost) = (
+        report["messages"].as_u64().unwrap(),
+        report["lost"].as_u64().unwrap(),
+    );
+    assert!(messages > 0 && lost > 0, "{report}");
+    // 0.4 s at 100/s plus the 200 burst: nothing near a flood gets through.
+    assert!(messages <= 200 + 100, "{report}");
+    server.shutdown().await;
+}

@@ -59,6 +59,15 @@ impl TestServer {
         self.addrs[0]
     }
 
+    /// The first TCP address, or a placeholder when there is none (for
+    /// argument lists whose address is replaced).
+    pub fn addr_or_unused(&self) -> SocketAddr {
+        self.addrs
+            .first()
+            .copied()
+            .unwrap_or_else(|| "127.0.0.1:9".parse().unwrap())
+    }
+
     /// Starts a graceful shutdown without waiting for it.
     pub fn begin_shutdown(&mut self) {
         if let Some(shutdown) = self.shutdown.take() {
