@@ -27,7 +27,9 @@ pub const DEFAULT_CONFIG_FILE: &str = "config.toml";
 pub const ENV_PREFIX: &str = "ECHOD_";
 
 /// Every config key, in the order the docs list them.
-pub const KEYS: [&str; 16] = [
+pub const KEYS: [&str; 18] = [
+    "max_connections_per_ip",
+    "frame_timeout",
     "listen",
     "udp",
     "unix_socket_mode",
@@ -105,6 +107,15 @@ pub struct ServerArgs {
     /// [default: 300].
     #[arg(long, value_name = "SECS", allow_negative_numbers = true)]
     pub idle_timeout: Option<String>,
+    /// Close a connection whose unfinished frame is not complete this long
+    /// after its first byte (slow senders cannot hold a slot); 0 = never
+    /// [default: 60].
+    #[arg(long, value_name = "SECS", allow_negative_numbers = true)]
+    pub frame_timeout: Option<String>,
+    /// Connections one client IP may hold at once (TCP); 0 = no limit
+    /// [default: 0].
+    #[arg(long, value_name = "N", allow_negative_numbers = true)]
+    pub max_connections_per_ip: Option<String>,
     /// On SIGINT/SIGTERM, how long connections may take to finish their
     /// echoes before they are cut [default: 10].
     #[arg(long, value_name = "SECS", allow_negative_numbers = true)]
@@ -146,6 +157,8 @@ impl ServerArgs {
             ("max_frame_length", &self.max_frame_length),
             ("max_connections", &self.max_connections),
             ("idle_timeout", &self.idle_timeout),
+            ("frame_timeout", &self.frame_timeout),
+            ("max_connections_per_ip", &self.max_connections_per_ip),
             ("shutdown_grace", &self.shutdown_grace),
             ("log_format", &self.log_format),
             ("log_level", &self.log_level),
@@ -346,6 +359,11 @@ pub struct Config {
     pub max_connections: usize,
     /// Close a connection with no traffic for this long; `None` = never.
     pub idle_timeout: Option<Duration>,
+    /// Close a connection whose unfinished frame is older than this;
+    /// `None` = never.
+    pub frame_timeout: Option<Duration>,
+    /// TCP connections one client IP may hold at once; 0 = no limit.
+    pub max_connections_per_ip: usize,
     /// How long a graceful shutdown waits for connections to finish.
     pub shutdown_grace: Duration,
     /// Log line format.
@@ -374,6 +392,8 @@ impl Default for Config {
             max_frame_length: 65_536,
             max_connections: 10_000,
             idle_timeout: Some(Duration::from_secs(300)),
+            frame_timeout: Some(Duration::from_secs(60)),
+            max_connections_per_ip: 0,
             shutdown_grace: Duration::from_secs(10),
             log_format: LogFormat::Text,
             log_level: "info".into(),
@@ -437,6 +457,8 @@ struct Layer {
     max_frame_length: Option<usize>,
     max_connections: Option<usize>,
     idle_timeout: Option<Option<Duration>>,
+    frame_timeout: Option<Option<Duration>>,
+    max_connections_per_ip: Option<usize>,
     shutdown_grace: Option<Duration>,
     log_format: Option<LogFormat>,
     log_level: Option<String>,
@@ -566,6 +588,14 @@ impl Layer {
                 self.idle_timeout = Some((!timeout.is_zero()).then_some(timeout));
             }
             "shutdown_grace" => self.shutdown_grace = Some(value.seconds()?),
+            "frame_timeout" => {
+                let timeout = value.seconds()?;
+                self.frame_timeout = Some((!timeout.is_zero()).then_some(timeout));
+            }
+            "max_connections_per_ip" => {
+                let max = tokio::sync::Semaphore::MAX_PERMITS as u64;
+                self.max_connections_per_ip = Some(value.integer(0, max)?)
+            }
             "log_format" => self.log_format = Some(value.text()?.parse()?),
             "log_level" => {
                 let directive = value.text()?;
@@ -698,6 +728,11 @@ impl Layer {
         apply(&mut config.max_frame_length, self.max_frame_length);
         apply(&mut config.max_connections, self.max_connections);
         apply(&mut config.idle_timeout, self.idle_timeout);
+        apply(&mut config.frame_timeout, self.frame_timeout);
+        apply(
+            &mut config.max_connections_per_ip,
+            self.max_connections_per_ip,
+        );
         apply(&mut config.shutdown_grace, self.shutdown_grace);
         apply(&mut config.log_format, self.log_format);
         apply(&mut config.log_level, self.log_level);

@@ -50,6 +50,8 @@ pub struct ConnectionSettings {
     pub codec: EchoCodec,
     /// Close after this long with no byte in or out; `None` = never.
     pub idle_timeout: Option<Duration>,
+    /// Close when an unfinished frame is older than this; `None` = never.
+    pub frame_timeout: Option<Duration>,
 }
 
 /// Why a connection ended.
@@ -59,6 +61,8 @@ pub enum CloseReason {
     ClientClosed,
     /// Nothing was received or sent for the idle timeout.
     IdleTimeout,
+    /// A frame was still unfinished at the frame timeout (a slow sender).
+    FrameTimeout,
     /// A frame broke the limit; the frames before it were echoed.
     FrameTooLong(FrameError),
     /// Graceful shutdown: pending echoes were written, then the server closed.
@@ -82,6 +86,9 @@ impl fmt::Display for CloseReason {
         match self {
             CloseReason::ClientClosed => f.write_str("client closed"),
             CloseReason::IdleTimeout => f.write_str("idle timeout"),
+            CloseReason::FrameTimeout => {
+                f.write_str("frame not completed within the frame timeout")
+            }
             CloseReason::FrameTooLong(error) => write!(f, "frame too long: {error}"),
             CloseReason::Shutdown => f.write_str("server shutting down"),
             CloseReason::Cut => f.write_str("cut at the shutdown deadline"),
@@ -162,7 +169,7 @@ where
     let mut conn = Echo {
         stream,
         codec: settings.codec,
-        idle: IdleTimer::new(settings.idle_timeout),
+        idle: IdleTimer::new(settings.idle_timeout, settings.frame_timeout),
         buf: BytesMut::new(),
         examined: 0,
         lingering,
@@ -204,7 +211,7 @@ impl<S: EchoStream> Echo<'_, S> {
             let read = tokio::select! {
                 biased;
                 read = std::future::poll_fn(|cx| poll_read_lazily(stream, buf, cx)) => read?,
-                () = self.idle.expired() => return Ok(CloseReason::IdleTimeout),
+                reason = self.idle.expired(true) => return Ok(reason),
                 _ = &mut drained => return self.finish_draining().await,
             };
             if read == 0 {
@@ -262,6 +269,13 @@ impl<S: EchoStream> Echo<'_, S> {
         self.write_out(prefix.len).await?;
         // What is left was examined and holds no frame end yet.
         self.examined = self.buf.len();
+        // The frame timeout runs from the first byte of the oldest
+        // unfinished frame: a new one started if any frame completed.
+        if self.buf.is_empty() {
+            self.idle.partial_since = None;
+        } else if prefix.len > 0 || self.idle.partial_since.is_none() {
+            self.idle.partial_since = Some(Instant::now());
+        }
         Ok(prefix.error)
     }
 
@@ -274,7 +288,7 @@ impl<S: EchoStream> Echo<'_, S> {
             let n = tokio::select! {
                 biased;
                 n = self.stream.write(&self.buf[written..len]) => n?,
-                () = self.idle.expired() => return Err(io::ErrorKind::TimedOut.into()),
+                _ = self.idle.expired(false) => return Err(io::ErrorKind::TimedOut.into()),
             };
             if n == 0 {
                 return Err(io::ErrorKind::WriteZero.into());
@@ -384,20 +398,42 @@ mod buffer_pool {
     }
 }
 
-/// The idle timeout, kept cheap on the hot path: I/O only records the time
-/// of its last progress; the timer is re-armed when it fires early.
+/// The idle and frame timeouts, kept cheap on the hot path: I/O only
+/// records times; one timer is re-armed when it fires early.
 struct IdleTimer {
     timeout: Option<Duration>,
+    frame_timeout: Option<Duration>,
     last_activity: Instant,
+    /// When the oldest unfinished frame began, if there is one.
+    partial_since: Option<Instant>,
     sleep: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 impl IdleTimer {
-    fn new(timeout: Option<Duration>) -> Self {
+    fn new(timeout: Option<Duration>, frame_timeout: Option<Duration>) -> Self {
         Self {
             timeout,
+            frame_timeout,
             last_activity: Instant::now(),
+            partial_since: None,
             sleep: None,
+        }
+    }
+
+    /// The next deadline and what it means.
+    fn next(&self, with_frame: bool) -> Option<(Instant, CloseReason)> {
+        let idle = self
+            .timeout
+            .map(|timeout| (self.last_activity + timeout, CloseReason::IdleTimeout));
+        let frame = match (with_frame, self.frame_timeout, self.partial_since) {
+            (true, Some(timeout), Some(since)) => {
+                Some((since + timeout, CloseReason::FrameTimeout))
+            }
+            _ => None,
+        };
+        match (idle, frame) {
+            (Some(a), Some(b)) => Some(if b.0 < a.0 { b } else { a }),
+            (a, b) => a.or(b),
         }
     }
 
@@ -407,20 +443,23 @@ impl IdleTimer {
         }
     }
 
-    /// Resolves once nothing has moved for the timeout; never if it is off.
-    async fn expired(&mut self) {
-        let Some(timeout) = self.timeout else {
-            return std::future::pending().await;
-        };
+    /// Resolves with the reason once nothing has moved for the idle
+    /// timeout, or (`with_frame`) an unfinished frame is older than the
+    /// frame timeout; never if neither applies.
+    async fn expired(&mut self, with_frame: bool) -> CloseReason {
         loop {
-            let deadline = tokio::time::Instant::from_std(self.last_activity + timeout);
+            let Some((due, _)) = self.next(with_frame) else {
+                return std::future::pending().await;
+            };
+            let deadline = tokio::time::Instant::from_std(due);
             match &mut self.sleep {
                 Some(sleep) if sleep.deadline() == deadline => sleep.as_mut().await,
                 Some(sleep) => sleep.as_mut().reset(deadline),
                 None => self.sleep = Some(Box::pin(tokio::time::sleep_until(deadline))),
             }
-            if self.last_activity + timeout <= Instant::now() {
-                return;
+            match self.next(with_frame) {
+                Some((due, reason)) if due <= Instant::now() => return reason,
+                _ => {}
             }
         }
     }

@@ -42,21 +42,20 @@ impl Listener {
         }
     }
 
-    /// Accepts one connection, with the peer's name for the logs: `IP:PORT`,
-    /// or the socket path for Unix clients (which have no address).
-    pub async fn accept(&self) -> io::Result<(Stream, String)> {
+    /// Accepts one connection, with the peer's name for the logs (`IP:PORT`,
+    /// or the socket path for Unix clients, which have no address) and its
+    /// IP when it has one.
+    pub async fn accept(&self) -> io::Result<(Stream, String, Option<std::net::IpAddr>)> {
         match self {
             Listener::Tcp(listener) => {
                 let (stream, peer) = listener.accept().await?;
-                Ok((Stream::Tcp(stream), peer.to_string()))
+                Ok((Stream::Tcp(stream), peer.to_string(), Some(peer.ip())))
             }
             #[cfg(unix)]
             Listener::Unix(listener) => {
                 let (stream, _) = listener.listener.accept().await?;
-                Ok((
-                    Stream::Unix(stream),
-                    format!("unix:{}", listener.path.display()),
-                ))
+                let peer = format!("unix:{}", listener.path.display());
+                Ok((Stream::Unix(stream), peer, None))
             }
         }
     }

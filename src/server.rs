@@ -13,7 +13,7 @@
 use std::{
     future::Future,
     io,
-    net::SocketAddr,
+    net::{IpAddr, SocketAddr},
     sync::{
         atomic::{AtomicUsize, Ordering},
         Arc,
@@ -159,9 +159,12 @@ impl Server {
             settings: ConnectionSettings {
                 codec: EchoCodec::new(self.config.framing, self.config.max_frame_length),
                 idle_timeout: self.config.idle_timeout,
+                frame_timeout: self.config.frame_timeout,
             },
             permits: Arc::new(Semaphore::new(self.config.max_connections)),
             tcp_nodelay: self.config.tcp_nodelay,
+            max_per_ip: self.config.max_connections_per_ip,
+            per_ip: std::sync::Mutex::new(std::collections::HashMap::new()),
             drain: CancellationToken::new(),
             cut: CancellationToken::new(),
             connections: TaskTracker::new(),
@@ -235,11 +238,73 @@ pub fn run_until_signalled(config: Config) -> Result<ShutdownReport, ServerError
     };
     runtime.block_on(async {
         let signals = crate::shutdown::Signals::install()?;
-        let workers = config.workers;
+        let (workers, max_connections) = (config.workers, config.max_connections);
         let server = Server::bind(config).await?;
         info!(workers, "runtime: {workers} worker thread(s)");
+        check_descriptor_limit(max_connections);
         Ok(server.run(signals.recv()).await)
     })
+}
+
+/// Descriptors kept for listeners, the runtime and logging.
+const RESERVED_DESCRIPTORS: u64 = 64;
+
+/// Raises the soft open-file limit to the hard one (each connection is a
+/// descriptor) and logs the resulting capacity; warns when
+/// `max_connections` cannot fit, since accepts would then fail and back off.
+fn check_descriptor_limit(max_connections: usize) {
+    #[cfg(unix)]
+    {
+        match raise_descriptor_limit() {
+            Ok((before, limit)) => {
+                let room = limit.saturating_sub(RESERVED_DESCRIPTORS);
+                if limit > before {
+                    info!(limit, "open-file limit {limit} (raised from {before}): room for about {room} connections");
+                } else {
+                    info!(
+                        limit,
+                        "open-file limit {limit}: room for about {room} connections"
+                    );
+                }
+                if max_connections as u64 > room {
+                    warn!(
+                        "max_connections {max_connections} exceeds the open-file limit's room (about {room}): \
+                         accepts will fail and back off before that many are open"
+                    );
+                }
+            }
+            Err(error) => warn!(%error, "cannot read or raise the open-file limit"),
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = max_connections;
+}
+
+/// (soft limit before, soft limit now)
+#[cfg(unix)]
+#[allow(clippy::unnecessary_cast)] // rlim_t is u64 here but not on every Unix
+fn raise_descriptor_limit() -> io::Result<(u64, u64)> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes one rlimit through a valid pointer.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let before = limit.rlim_cur as u64;
+    if limit.rlim_cur < limit.rlim_max {
+        let raised = libc::rlimit {
+            rlim_cur: limit.rlim_max,
+            rlim_max: limit.rlim_max,
+        };
+        // SAFETY: setrlimit reads one rlimit through a valid pointer. Some
+        // systems cap the soft limit below an unlimited hard one: then keep it.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+            return Ok((before, raised.rlim_cur as u64));
+        }
+    }
+    Ok((before, before))
 }
 
 /// What the accept loops and connection tasks share.
@@ -247,6 +312,10 @@ struct Shared {
     settings: ConnectionSettings,
     permits: Arc<Semaphore>,
     tcp_nodelay: bool,
+    /// Connections one IP may hold; 0 = no limit.
+    max_per_ip: usize,
+    /// Open connections per client IP (only while `max_per_ip` > 0).
+    per_ip: std::sync::Mutex<std::collections::HashMap<IpAddr, usize>>,
     drain: CancellationToken,
     cut: CancellationToken,
     connections: TaskTracker,
@@ -297,16 +366,86 @@ fn bind_listener(addr: SocketAddr) -> io::Result<TcpListener> {
     TcpListener::from_std(socket.into())
 }
 
+/// A client IP's place under `max_connections_per_ip`, given back on drop.
+struct IpSlot {
+    shared: Arc<Shared>,
+    ip: IpAddr,
+}
+
+impl IpSlot {
+    /// Takes a place for `ip`, or `None` when it holds its limit already.
+    fn take(shared: &Arc<Shared>, ip: IpAddr) -> Option<IpSlot> {
+        let mut per_ip = shared
+            .per_ip
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let open = per_ip.entry(ip).or_insert(0);
+        if *open >= shared.max_per_ip {
+            return None;
+        }
+        *open += 1;
+        Some(IpSlot {
+            shared: shared.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for IpSlot {
+    fn drop(&mut self) {
+        let mut per_ip = self
+            .shared
+            .per_ip
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(open) = per_ip.get_mut(&self.ip) {
+            *open -= 1;
+            if *open == 0 {
+                per_ip.remove(&self.ip);
+            }
+        }
+    }
+}
+
+/// Counts rejections and logs them at most once per interval, so an attack
+/// cannot flood the log.
+struct RejectionLog {
+    count: u64,
+    since: Instant,
+}
+
+impl RejectionLog {
+    const INTERVAL: Duration = Duration::from_secs(10);
+
+    fn reject(&mut self, local: &str, limit: usize) {
+        self.count += 1;
+        if self.since.elapsed() >= Self::INTERVAL {
+            info!(
+                rejected = self.count,
+                "{local}: refused {} connection(s) over the {limit}-per-IP limit in the last {}s",
+                self.count,
+                self.since.elapsed().as_secs()
+            );
+            self.count = 0;
+            self.since = Instant::now();
+        }
+    }
+}
+
 async fn accept_loop(listener: Listener, shared: Arc<Shared>) {
     let local = listener.describe();
     let mut backoff = ACCEPT_BACKOFF_MIN;
+    let mut rejections = RejectionLog {
+        count: 0,
+        since: Instant::now(),
+    };
     loop {
         let accepted = tokio::select! {
             biased;
             _ = shared.drain.cancelled() => return,
             accepted = listener.accept() => accepted,
         };
-        let (stream, peer) = match accepted {
+        let (stream, peer, ip) = match accepted {
             Ok(accepted) => {
                 backoff = ACCEPT_BACKOFF_MIN;
                 accepted
@@ -333,6 +472,18 @@ async fn accept_loop(listener: Listener, shared: Arc<Shared>) {
                 continue;
             }
         };
+        // The per-IP limit is checked before the client takes a slot.
+        let ip_slot = match ip {
+            Some(ip) if shared.max_per_ip > 0 => match IpSlot::take(&shared, ip) {
+                Some(slot) => Some(slot),
+                None => {
+                    debug!(%peer, "refused: over the per-IP connection limit");
+                    rejections.reject(&local, shared.max_per_ip);
+                    continue;
+                }
+            },
+            _ => None,
+        };
         // The connection limit: at most one accepted connection per listener
         // waits here for a slot; everyone else waits in the kernel backlog.
         let permit = tokio::select! {
@@ -353,13 +504,13 @@ async fn accept_loop(listener: Listener, shared: Arc<Shared>) {
                 }
                 shared
                     .connections
-                    .spawn(serve(stream, peer, permit, shared.clone()))
+                    .spawn(serve(stream, peer, (permit, ip_slot), shared.clone()))
             }
             #[cfg(unix)]
             Stream::Unix(stream) => {
                 shared
                     .connections
-                    .spawn(serve(stream, peer, permit, shared.clone()))
+                    .spawn(serve(stream, peer, (permit, ip_slot), shared.clone()))
             }
         };
     }
@@ -379,7 +530,7 @@ fn is_connection_error(error: &io::Error) -> bool {
 async fn serve<S: EchoStream>(
     mut stream: S,
     peer: String,
-    _permit: OwnedSemaphorePermit,
+    _slots: (OwnedSemaphorePermit, Option<IpSlot>),
     shared: Arc<Shared>,
 ) {
     let opened = Instant::now();
