@@ -56,6 +56,16 @@ pub struct BenchArgs {
     /// datagram (--size includes an 8-byte sequence number).
     #[arg(long)]
     pub udp: bool,
+    /// Run abusive clients alongside (resets, slowloris, non-readers,
+    /// oversized frames, connect floods, random half-closes); TCP only.
+    #[arg(long)]
+    pub chaos: bool,
+    /// Abusive clients of each kind with --chaos.
+    #[arg(long, default_value = "5", value_name = "N")]
+    pub chaos_clients: usize,
+    /// Report this server process's peak RSS (Linux /proc) at the end.
+    #[arg(long, value_name = "PID")]
+    pub server_pid: Option<u32>,
     /// UDP: seconds before an unanswered datagram counts as lost.
     #[arg(long, default_value = "1", value_name = "SECS")]
     pub loss_timeout: String,
@@ -94,6 +104,8 @@ pub struct BenchArgs {
 #[derive(Debug, Clone)]
 pub struct Plan {
     pub endpoint: Endpoint,
+    pub chaos: Option<usize>,
+    pub server_pid: Option<u32>,
     pub udp: bool,
     pub loss_timeout: Duration,
     pub connections: usize,
@@ -114,6 +126,9 @@ impl Plan {
             .map_err(|problem| usage(format!("ADDR: {problem}")))?;
         if args.udp && !matches!(endpoint, Endpoint::Tcp(_)) {
             return Err(usage("--udp needs a HOST:PORT address".into()));
+        }
+        if args.chaos && (args.udp || !matches!(endpoint, Endpoint::Tcp(_))) {
+            return Err(usage("--chaos needs a TCP HOST:PORT address".into()));
         }
         if args.udp && !(UDP_HEADER..=65_507).contains(&args.size) {
             return Err(usage(format!(
@@ -140,6 +155,8 @@ impl Plan {
         };
         Ok(Plan {
             endpoint,
+            chaos: args.chaos.then_some(args.chaos_clients),
+            server_pid: args.server_pid,
             udp: args.udp,
             loss_timeout: parse_seconds("--loss-timeout", &args.loss_timeout)?,
             connections: args.connections,
@@ -187,6 +204,12 @@ pub struct Report {
     /// UDP only: datagrams with no reply within the loss timeout.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub lost: Option<u64>,
+    /// With --chaos: what each kind of abusive client saw.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub chaos: Option<std::collections::BTreeMap<&'static str, crate::chaos::KindReport>>,
+    /// With --server-pid: the server's peak resident set size.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub server_peak_rss_kib: Option<u64>,
 }
 
 /// What every connection task adds to.
@@ -323,6 +346,17 @@ pub async fn measure(
         return Err(ClientError::Failed(why));
     }
 
+    let chaos = match (&plan.endpoint, plan.chaos) {
+        (Endpoint::Tcp(addr), Some(per_kind)) => {
+            let target = tokio::net::lookup_host((addr.host(), addr.port()))
+                .await
+                .ok()
+                .and_then(|mut addrs| addrs.next())
+                .ok_or_else(|| ClientError::Failed(format!("cannot resolve {addr}")))?;
+            Some(crate::chaos::Chaos::start(target, per_kind))
+        }
+        _ => None,
+    };
     let started = Instant::now();
     let measure_from = started + plan.warmup;
     let measure_until = measure_from + plan.duration;
@@ -375,6 +409,12 @@ pub async fn measure(
     for driver in drivers {
         driver.abort();
     }
+    let chaos: Option<std::collections::BTreeMap<_, _>> =
+        chaos.map(|chaos| chaos.finish().into_iter().collect());
+    let chaos_mismatches: u64 = chaos
+        .iter()
+        .flat_map(|kinds| kinds.values().map(|kind| kind.mismatches))
+        .sum();
 
     let elapsed = plan.duration.as_secs_f64();
     let messages = tally.messages.get();
@@ -401,11 +441,25 @@ pub async fn measure(
             max: micros(histogram.max()),
         },
         errors: tally.errors.get(),
-        mismatches: tally.mismatches.get(),
+        mismatches: tally.mismatches.get() + chaos_mismatches,
         lost: plan.udp.then(|| tally.lost.get()),
+        chaos,
+        server_peak_rss_kib: plan.server_pid.and_then(peak_rss_kib),
     };
     let first_errors = tally.first_errors.take();
     Ok((report, histogram, first_errors))
+}
+
+/// A process's peak resident set size (VmHWM), where /proc has it.
+fn peak_rss_kib(pid: u32) -> Option<u64> {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()?
+        .lines()
+        .find_map(|line| line.strip_prefix("VmHWM:"))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
 }
 
 /// Random message bytes: printable ASCII for lines (so no `\n`, and valid
@@ -820,6 +874,19 @@ pub fn render(plan: &Plan, report: &Report) -> String {
             )
         })
         .unwrap_or_default();
+    let mut extra = lost;
+    if let Some(kinds) = &report.chaos {
+        extra += "chaos       kind          attempts  closed by server  errors  mismatches\n";
+        for (name, kind) in kinds {
+            extra += &format!(
+                "            {name:<12} {:>9} {:>17} {:>7} {:>11}\n",
+                kind.attempts, kind.closed_by_server, kind.errors, kind.mismatches
+            );
+        }
+    }
+    if let Some(peak) = report.server_peak_rss_kib {
+        extra += &format!("server      peak RSS {:.1} MiB\n", peak as f64 / 1024.0);
+    }
     format!(
         "{} connections x {} B, pipeline {}, {} framing, {:.1} s measured after {:.1} s warm-up\n\
          messages    {} ({:.0} msgs/s, {:.2} MiB/s each way)\n\
@@ -841,7 +908,7 @@ pub fn render(plan: &Plan, report: &Report) -> String {
         latency.max,
         report.errors,
         report.mismatches,
-    ) + &lost
+    ) + &extra
 }
 
 /// HdrHistogram's percentile-distribution text (as `outputPercentileDistribution`

@@ -19,6 +19,7 @@
 //! errors to exit codes, so tests and benches drive the same code in-process.
 
 pub mod bench;
+pub mod chaos;
 pub mod client;
 pub mod codec;
 pub mod config;

@@ -358,3 +358,64 @@ async fn bench_over_udp_counts_datagrams_the_server_rate_limits_as_lost() {
     assert!(messages <= 200 + 100, "{report}");
     server.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chaos_runs_every_kind_of_abuse_and_verified_echoes_stay_exact() {
+    let server = TestServer::start(Config {
+        frame_timeout: Some(std::time::Duration::from_millis(800)),
+        ..config()
+    })
+    .await;
+    let mut args = args(
+        server.addr(),
+        &[
+            "--connections",
+            "4",
+            "--size",
+            "64",
+            "--chaos",
+            "--chaos-clients",
+            "2",
+            "--server-pid",
+        ],
+    );
+    args[3] = "2".into(); // --duration 2
+    args.push(std::process::id().to_string());
+    let (code, stdout, stderr) = bench(args).await;
+    assert_eq!(code, Some(0), "{stderr}");
+    let report = report(&stdout);
+    assert_eq!(report["mismatches"], 0, "{report}");
+    assert!(report["messages"].as_u64().unwrap() > 100, "{report}");
+    assert!(
+        report["server_peak_rss_kib"].as_u64().unwrap() > 0,
+        "{report}"
+    );
+    let chaos = &report["chaos"];
+    for kind in [
+        "reset",
+        "slowloris",
+        "never_read",
+        "oversized",
+        "flood",
+        "half_close",
+    ] {
+        assert!(
+            chaos[kind]["attempts"].as_u64().unwrap() > 0,
+            "{kind} never ran: {chaos}"
+        );
+    }
+    assert!(
+        chaos["oversized"]["closed_by_server"].as_u64().unwrap() > 0,
+        "{chaos}"
+    );
+    assert!(
+        chaos["half_close"]["closed_by_server"].as_u64().unwrap() > 0,
+        "{chaos}"
+    );
+    assert_eq!(chaos["half_close"]["mismatches"], 0, "{chaos}");
+    assert!(
+        chaos["slowloris"]["closed_by_server"].as_u64().unwrap() > 0,
+        "the frame timeout never cut a slowloris: {chaos}"
+    );
+    server.shutdown().await;
+}
