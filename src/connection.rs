@@ -75,9 +75,20 @@ pub enum CloseReason {
 
 impl CloseReason {
     /// True for the ordinary end of a connection, which is logged at DEBUG;
-    /// the rest are worth an operator's attention at INFO.
+    /// the rest are worth an operator's attention at INFO. A client that
+    /// vanished (reset, broken pipe) is ordinary for an echo endpoint, and
+    /// under a reset flood an INFO line each would be hundreds a second.
     pub fn is_routine(&self) -> bool {
-        matches!(self, CloseReason::ClientClosed | CloseReason::Shutdown)
+        match self {
+            CloseReason::ClientClosed | CloseReason::Shutdown => true,
+            CloseReason::Error(error) => matches!(
+                error.kind(),
+                io::ErrorKind::ConnectionReset
+                    | io::ErrorKind::BrokenPipe
+                    | io::ErrorKind::ConnectionAborted
+            ),
+            _ => false,
+        }
     }
 }
 
