@@ -505,26 +505,10 @@ async fn open(plan: Plan) -> Result<Conn, ClientError> {
     let failed =
         |why: String| ClientError::Failed(format!("cannot connect to {}: {why}", plan.endpoint));
     match &plan.endpoint {
-        Endpoint::Tcp(addr) if plan.udp => {
-            let target = tokio::net::lookup_host((addr.host(), addr.port()))
-                .await
-                .map_err(|error| failed(error.to_string()))?
-                .next()
-                .ok_or_else(|| failed("no address found".into()))?;
-            let local = if target.is_ipv6() {
-                "[::]:0"
-            } else {
-                "0.0.0.0:0"
-            };
-            let socket = tokio::net::UdpSocket::bind(local)
-                .await
-                .map_err(|error| failed(error.to_string()))?;
-            socket
-                .connect(target)
-                .await
-                .map_err(|error| failed(error.to_string()))?;
-            Ok(Conn::Udp(socket))
-        }
+        Endpoint::Tcp(addr) if plan.udp => crate::udp::connect(addr)
+            .await
+            .map(Conn::Udp)
+            .map_err(|error| failed(error.to_string())),
         Endpoint::Tcp(addr) => Ok(Conn::Tcp(connect(addr, plan.connect_timeout).await?)),
         #[cfg(unix)]
         Endpoint::Unix(path) => {

@@ -226,21 +226,7 @@ where
     O: AsyncWrite + Unpin,
 {
     let failed = |why: String| ClientError::Failed(format!("udp:{addr}: {why}"));
-    let target = tokio::net::lookup_host((addr.host(), addr.port()))
-        .await
-        .map_err(|error| failed(error.to_string()))?
-        .next()
-        .ok_or_else(|| failed("no address found".into()))?;
-    let local = if target.is_ipv6() {
-        "[::]:0"
-    } else {
-        "0.0.0.0:0"
-    };
-    let socket = tokio::net::UdpSocket::bind(local)
-        .await
-        .map_err(|error| failed(error.to_string()))?;
-    socket
-        .connect(target)
+    let socket = crate::udp::connect(addr)
         .await
         .map_err(|error| failed(error.to_string()))?;
     let mut input = BufReader::new(input);

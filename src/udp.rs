@@ -172,6 +172,23 @@ pub fn bind(addr: SocketAddr) -> io::Result<UdpSocket> {
     UdpSocket::from_std(socket.into())
 }
 
+/// A client's UDP socket, connected to the first address `addr` resolves
+/// to (the client and the load generator share it).
+pub async fn connect(addr: &crate::config::ListenAddr) -> io::Result<UdpSocket> {
+    let target = tokio::net::lookup_host((addr.host(), addr.port()))
+        .await?
+        .next()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "no address found"))?;
+    let local = if target.is_ipv6() {
+        "[::]:0"
+    } else {
+        "0.0.0.0:0"
+    };
+    let socket = UdpSocket::bind(local).await?;
+    socket.connect(target).await?;
+    Ok(socket)
+}
+
 /// Echoes datagrams on `socket` until `drain` is cancelled.
 pub async fn serve(socket: UdpSocket, limiter: Arc<Mutex<Limiter>>, drain: CancellationToken) {
     let mut buf = vec![0u8; MAX_DATAGRAM];
