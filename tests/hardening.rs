@@ -110,21 +110,8 @@ async fn one_ip_gets_at_most_its_connection_limit_and_others_get_theirs() {
 #[cfg(target_os = "linux")]
 #[test]
 fn the_open_file_limit_is_raised_to_the_hard_limit_and_logged() {
-    use std::os::unix::process::CommandExt;
     let mut server = ServerProcess::spawn_with(&["--listen", "127.0.0.1:0"], &[], |command, _| {
-        // SAFETY: setrlimit is async-signal-safe, as pre_exec requires.
-        unsafe {
-            command.pre_exec(|| {
-                let limit = libc::rlimit {
-                    rlim_cur: 256,
-                    rlim_max: 4096,
-                };
-                if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
+        limit_open_files(command, 256, 4096)
     });
     server.listening(1);
     let line = server.wait_for("open-file limit");

@@ -175,21 +175,8 @@ async fn clients_that_never_read_are_throttled_not_buffered() {
 #[cfg(target_os = "linux")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn running_out_of_file_descriptors_backs_off_and_recovers() {
-    use std::os::unix::process::CommandExt;
     let mut server = ServerProcess::spawn_with(&["--listen", "127.0.0.1:0"], &[], |command, _| {
-        // SAFETY: setrlimit is async-signal-safe, as pre_exec requires.
-        unsafe {
-            command.pre_exec(|| {
-                let limit = libc::rlimit {
-                    rlim_cur: 40,
-                    rlim_max: 40,
-                };
-                if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
+        limit_open_files(command, 40, 40)
     });
     let addr = server.listening(1)[0];
     // More clients than the server has descriptors for.

@@ -325,6 +325,25 @@ impl Drop for ServerProcess {
     }
 }
 
+/// Starts the command with RLIMIT_NOFILE set to `soft`/`hard` (Unix).
+#[cfg(unix)]
+pub fn limit_open_files(command: &mut Command, soft: u64, hard: u64) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: setrlimit is async-signal-safe, as pre_exec requires.
+    unsafe {
+        command.pre_exec(move || {
+            let limit = libc::rlimit {
+                rlim_cur: soft as libc::rlim_t,
+                rlim_max: hard as libc::rlim_t,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
 /// Runs a binary to completion: (exit code, stdout, stderr).
 pub fn run_binary(
     binary: &str,
