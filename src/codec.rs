@@ -160,6 +160,25 @@ impl EchoCodec {
         }
     }
 
+    /// How many frames `complete` holds: it must be whole frames, as
+    /// [`complete_prefix`](Self::complete_prefix) returns them. Raw echo
+    /// has no frames: 0. (Used for metrics only.)
+    pub fn count_frames(&self, complete: &[u8]) -> u64 {
+        match self.framing {
+            Framing::Raw => 0,
+            Framing::Lines => memchr::memchr_iter(b'\n', complete).count() as u64,
+            Framing::Length => {
+                let (mut rest, mut frames) = (complete, 0);
+                while let Some(header) = rest.first_chunk::<LENGTH_HEADER_LEN>() {
+                    let frame_len = LENGTH_HEADER_LEN + u32::from_be_bytes(*header) as usize;
+                    rest = &rest[frame_len.min(rest.len())..];
+                    frames += 1;
+                }
+                frames
+            }
+        }
+    }
+
     /// The length of the first whole frame in `buf` (delimiter or header
     /// included), `None` if it is not complete yet.
     pub fn next_frame_len(&self, buf: &[u8]) -> Result<Option<usize>, FrameError> {

@@ -16,7 +16,10 @@ use std::{
 
 use clap::{builder::PossibleValuesParser, Parser};
 
-use crate::codec::{Framing, MAX_FRAME_LENGTH_LIMIT};
+use crate::{
+    codec::{Framing, MAX_FRAME_LENGTH_LIMIT},
+    proxy::ProxyProtocol,
+};
 
 /// Where the service listens when nothing says otherwise: loopback, so that
 /// exposing it is the operator's explicit choice.
@@ -27,7 +30,7 @@ pub const DEFAULT_CONFIG_FILE: &str = "config.toml";
 pub const ENV_PREFIX: &str = "ECHOD_";
 
 /// Every config key, in the order the docs list them.
-pub const KEYS: [&str; 18] = [
+pub const KEYS: [&str; 21] = [
     "max_connections_per_ip",
     "frame_timeout",
     "listen",
@@ -46,6 +49,9 @@ pub const KEYS: [&str; 18] = [
     "log_level",
     "workers",
     "tcp_nodelay",
+    "reuse_port",
+    "proxy_protocol",
+    "metrics",
 ];
 
 /// A bad setting: exit code 2, and a message naming the key and the problem.
@@ -135,6 +141,20 @@ pub struct ServerArgs {
     /// back by Nagle's algorithm [default: true].
     #[arg(long, value_name = "BOOL", value_parser = PossibleValuesParser::new(["true", "false"]))]
     pub tcp_nodelay: Option<String>,
+    /// Set SO_REUSEPORT on TCP and UDP listeners, so several processes can
+    /// share one port and the kernel spreads connections between them
+    /// [default: false].
+    #[arg(long, value_name = "BOOL", value_parser = PossibleValuesParser::new(["true", "false"]))]
+    pub reuse_port: Option<String>,
+    /// Expect a PROXY protocol header (from HAProxy or another load
+    /// balancer) at the start of every stream connection: v1 (text), v2
+    /// (binary), any (either; a header is still required) [default: off].
+    #[arg(long, value_parser = PossibleValuesParser::new(["off", "v1", "v2", "any"]))]
+    pub proxy_protocol: Option<String>,
+    /// Serve Prometheus metrics over HTTP at ADDR (HOST:PORT), path
+    /// /metrics; an empty value turns them off [default: off].
+    #[arg(long, value_name = "ADDR")]
+    pub metrics: Option<String>,
 }
 
 impl ServerArgs {
@@ -164,6 +184,9 @@ impl ServerArgs {
             ("log_level", &self.log_level),
             ("workers", &self.workers),
             ("tcp_nodelay", &self.tcp_nodelay),
+            ("reuse_port", &self.reuse_port),
+            ("proxy_protocol", &self.proxy_protocol),
+            ("metrics", &self.metrics),
             ("unix_socket_mode", &self.unix_socket_mode),
             ("udp_min_source_port", &self.udp_min_source_port),
             ("udp_rate", &self.udp_rate),
@@ -374,6 +397,12 @@ pub struct Config {
     pub workers: usize,
     /// TCP_NODELAY on accepted connections.
     pub tcp_nodelay: bool,
+    /// SO_REUSEPORT on TCP and UDP listeners.
+    pub reuse_port: bool,
+    /// Whether stream connections start with a PROXY protocol header.
+    pub proxy_protocol: ProxyProtocol,
+    /// Where Prometheus metrics are served; `None` = off.
+    pub metrics: Option<ListenAddr>,
 }
 
 /// The default worker count: one per available core.
@@ -399,6 +428,9 @@ impl Default for Config {
             log_level: "info".into(),
             workers: default_workers(),
             tcp_nodelay: true,
+            reuse_port: false,
+            proxy_protocol: ProxyProtocol::Off,
+            metrics: None,
         }
     }
 }
@@ -464,6 +496,9 @@ struct Layer {
     log_level: Option<String>,
     workers: Option<usize>,
     tcp_nodelay: Option<bool>,
+    reuse_port: Option<bool>,
+    proxy_protocol: Option<ProxyProtocol>,
+    metrics: Option<Option<ListenAddr>>,
 }
 
 /// A setting's value as a source gives it: text from flags and the
@@ -637,6 +672,17 @@ impl Layer {
             }
             "workers" => self.workers = Some(value.integer(1, 1024)?),
             "tcp_nodelay" => self.tcp_nodelay = Some(value.boolean()?),
+            "reuse_port" => self.reuse_port = Some(value.boolean()?),
+            "proxy_protocol" => self.proxy_protocol = Some(value.text()?.parse()?),
+            "metrics" => {
+                let addr = value.text()?;
+                let addr = addr.trim();
+                self.metrics = Some(if addr.is_empty() || addr == "off" {
+                    None
+                } else {
+                    Some(addr.parse()?)
+                });
+            }
             _ => return Err(format!("unknown key (known keys: {})", KEYS.join(", "))),
         }
         Ok(())
@@ -738,6 +784,9 @@ impl Layer {
         apply(&mut config.log_level, self.log_level);
         apply(&mut config.workers, self.workers);
         apply(&mut config.tcp_nodelay, self.tcp_nodelay);
+        apply(&mut config.reuse_port, self.reuse_port);
+        apply(&mut config.proxy_protocol, self.proxy_protocol);
+        apply(&mut config.metrics, self.metrics);
     }
 }
 

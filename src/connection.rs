@@ -18,7 +18,10 @@ use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
-use crate::codec::{EchoCodec, FrameError};
+use crate::{
+    codec::{EchoCodec, FrameError},
+    metrics::EchoCounters,
+};
 
 /// Bytes asked of the socket per read. Large enough that one read usually
 /// takes everything the kernel holds for this connection.
@@ -173,6 +176,7 @@ pub async fn echo<S>(
     drain: &CancellationToken,
     lingering: &AtomicUsize,
     stats: &mut ConnectionStats,
+    counters: Option<&EchoCounters>,
 ) -> CloseReason
 where
     S: EchoStream,
@@ -185,6 +189,7 @@ where
         examined: 0,
         lingering,
         stats,
+        counters,
     };
     match conn.run(drain).await {
         Ok(reason) => reason,
@@ -204,6 +209,8 @@ struct Echo<'a, S> {
     examined: usize,
     lingering: &'a AtomicUsize,
     stats: &'a mut ConnectionStats,
+    /// The server's metrics, when they are on.
+    counters: Option<&'a EchoCounters>,
 }
 
 impl<S: EchoStream> Echo<'_, S> {
@@ -270,6 +277,9 @@ impl<S: EchoStream> Echo<'_, S> {
 
     fn received(&mut self, bytes: usize) {
         self.stats.bytes_received += bytes as u64;
+        if let Some(counters) = self.counters {
+            counters.bytes_received.inc_by(bytes as u64);
+        }
         self.idle.touch();
         tracing::trace!(bytes, "read");
     }
@@ -277,7 +287,13 @@ impl<S: EchoStream> Echo<'_, S> {
     /// Writes back every whole frame in the buffer, in one write.
     async fn echo_complete_frames(&mut self) -> io::Result<Option<FrameError>> {
         let prefix = self.codec.complete_prefix(&self.buf, self.examined);
+        let frames = self
+            .counters
+            .map(|_| self.codec.count_frames(&self.buf[..prefix.len]));
         self.write_out(prefix.len).await?;
+        if let (Some(counters), Some(frames)) = (self.counters, frames) {
+            counters.frames_echoed.inc_by(frames);
+        }
         // What is left was examined and holds no frame end yet.
         self.examined = self.buf.len();
         // The frame timeout runs from the first byte of the oldest
@@ -306,6 +322,9 @@ impl<S: EchoStream> Echo<'_, S> {
             }
             written += n;
             self.stats.bytes_echoed += n as u64;
+            if let Some(counters) = self.counters {
+                counters.bytes_echoed.inc_by(n as u64);
+            }
             self.idle.touch();
         }
         self.buf.advance(len);
@@ -337,6 +356,11 @@ impl<S: EchoStream> Echo<'_, S> {
         }
         let remainder = self.codec.remainder(&self.buf);
         self.write_out(remainder.echo).await?;
+        if let (Some(counters), true) = (self.counters, remainder.echo > 0) {
+            if self.codec.framing() != crate::codec::Framing::Raw {
+                counters.frames_echoed.inc();
+            }
+        }
         self.stats.bytes_truncated += remainder.truncated as u64;
         self.buf.clear();
         if matches!(reason, CloseReason::ClientClosed) {

@@ -10,7 +10,10 @@
 //! - [`connection`] is the per-connection echo loop, generic over the stream:
 //!   read, write back every whole frame in one batch, repeat.
 //! - [`listen`] is the stream listeners: TCP and Unix domain sockets.
+//! - [`proxy`] reads PROXY protocol headers from a load balancer;
+//!   [`metrics`] counts what happens and serves it to Prometheus.
 //! - [`udp`] is RFC 862 datagram echo with its reflection guards.
+//! - [`systemd`] adopts socket-activated listeners and notifies readiness.
 //! - [`shutdown`] turns SIGINT/SIGTERM (Ctrl-C elsewhere) into the trigger.
 //! - [`client`] is the interactive `echo-client`; [`bench`] its load
 //!   generator (`echo-client bench`).
@@ -26,8 +29,11 @@ pub mod config;
 pub mod connection;
 pub mod listen;
 pub mod logging;
+pub mod metrics;
+pub mod proxy;
 pub mod server;
 pub mod shutdown;
+pub mod systemd;
 pub mod udp;
 
 pub use codec::{EchoCodec, Framing};

@@ -67,7 +67,9 @@ impl Listener {
 pub struct UnixListener {
     listener: tokio::net::UnixListener,
     path: std::path::PathBuf,
-    identity: (u64, u64),
+    /// The file's (device, inode) when this process created it; `None` for
+    /// a socket inherited from systemd, whose file systemd owns.
+    identity: Option<(u64, u64)>,
 }
 
 #[cfg(unix)]
@@ -107,7 +109,20 @@ impl UnixListener {
         Ok(UnixListener {
             listener,
             path: path.to_owned(),
-            identity: (meta.dev(), meta.ino()),
+            identity: Some((meta.dev(), meta.ino())),
+        })
+    }
+
+    /// Serves a listening socket passed by systemd; its file is left alone.
+    pub fn inherited(listener: std::os::unix::net::UnixListener) -> io::Result<UnixListener> {
+        let path = listener
+            .local_addr()?
+            .as_pathname()
+            .map_or_else(|| "(unnamed)".into(), Path::to_path_buf);
+        Ok(UnixListener {
+            listener: tokio::net::UnixListener::from_std(listener)?,
+            path,
+            identity: None,
         })
     }
 }
@@ -117,7 +132,7 @@ impl Drop for UnixListener {
     fn drop(&mut self) {
         use std::os::unix::fs::MetadataExt;
         if let Ok(meta) = std::fs::symlink_metadata(&self.path) {
-            if (meta.dev(), meta.ino()) == self.identity {
+            if Some((meta.dev(), meta.ino())) == self.identity {
                 let _ = std::fs::remove_file(&self.path);
             }
         }

@@ -21,6 +21,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use bytes::BytesMut;
 use tokio::{
     net::TcpListener,
     sync::{OwnedSemaphorePermit, Semaphore},
@@ -34,6 +35,8 @@ use crate::{
     config::{Config, Endpoint, ListenAddr},
     connection::{self, CloseReason, ConnectionSettings, ConnectionStats, EchoStream},
     listen::{Listener, Stream},
+    metrics::{Metrics, Rejection},
+    proxy::{self, HeaderError, ProxyProtocol},
 };
 
 /// Pending connections the kernel queues per listener (capped by
@@ -52,6 +55,8 @@ pub enum ServerError {
     Bind { addr: SocketAddr, source: io::Error },
     #[error("cannot listen on {endpoint}: {reason}")]
     BindUnix { endpoint: String, reason: String },
+    #[error("cannot serve metrics on {addr}: {source}")]
+    BindMetrics { addr: SocketAddr, source: io::Error },
     #[error("cannot listen on udp:{addr}: {source}")]
     BindUdp { addr: SocketAddr, source: io::Error },
     #[error("{0}")]
@@ -71,6 +76,8 @@ pub struct Server {
     udp: Vec<tokio::net::UdpSocket>,
     local_addrs: Vec<SocketAddr>,
     udp_addrs: Vec<SocketAddr>,
+    /// The metrics exporter's listener and its address, when on.
+    metrics: Option<(TcpListener, SocketAddr)>,
     config: Config,
 }
 
@@ -79,11 +86,38 @@ impl Server {
     /// `listening on ADDR` once per listener with its real port.
     pub async fn bind(config: Config) -> Result<Server, ServerError> {
         let mut listeners = Vec::new();
-        for endpoint in &config.listen {
+        let mut udp = Vec::new();
+        let inherited = crate::systemd::inherited()?;
+        // Socket activation replaces every configured address, TCP and UDP.
+        let activated = !inherited.is_empty();
+        let (configured, configured_udp): (&[Endpoint], &[ListenAddr]) = if !activated {
+            (&config.listen, &config.udp)
+        } else {
+            info!(
+                "socket activation: serving the {} socket(s) passed by the service manager instead of the configured listen and udp addresses",
+                inherited.len()
+            );
+            (&[], &[])
+        };
+        for socket in inherited {
+            match socket {
+                crate::systemd::Inherited::Tcp(listener) => {
+                    listeners.push(Listener::Tcp(TcpListener::from_std(listener)?))
+                }
+                #[cfg(unix)]
+                crate::systemd::Inherited::Unix(listener) => listeners.push(Listener::Unix(
+                    crate::listen::UnixListener::inherited(listener)?,
+                )),
+                crate::systemd::Inherited::Udp(socket) => {
+                    udp.push(tokio::net::UdpSocket::from_std(socket)?)
+                }
+            }
+        }
+        for endpoint in configured {
             match endpoint {
                 Endpoint::Tcp(listen) => {
                     for addr in resolve(listen).await? {
-                        let listener = bind_listener(addr)
+                        let listener = bind_listener(addr, config.reuse_port)
                             .map_err(|source| ServerError::Bind { addr, source })?;
                         listeners.push(Listener::Tcp(listener));
                     }
@@ -106,15 +140,26 @@ impl Server {
                 }
             }
         }
-        let mut udp = Vec::new();
-        for listen in &config.udp {
+        for listen in configured_udp {
             for addr in resolve(listen).await? {
                 udp.push(
-                    crate::udp::bind(addr)
+                    crate::udp::bind(addr, config.reuse_port)
                         .map_err(|source| ServerError::BindUdp { addr, source })?,
                 );
             }
         }
+        let metrics = match &config.metrics {
+            Some(listen) => {
+                let addr = resolve(listen).await?[0];
+                let listener = crate::metrics::bind(addr)
+                    .await
+                    .map_err(|source| ServerError::BindMetrics { addr, source })?;
+                let addr = listener.local_addr()?;
+                info!(address = %addr, "metrics on http://{addr}/metrics");
+                Some((listener, addr))
+            }
+            None => None,
+        };
         let local_addrs = listeners.iter().filter_map(Listener::tcp_addr).collect();
         let udp_addrs = udp
             .iter()
@@ -132,6 +177,7 @@ impl Server {
             udp,
             local_addrs,
             udp_addrs,
+            metrics,
             config,
         })
     }
@@ -139,6 +185,11 @@ impl Server {
     /// The bound UDP addresses, with the real port where port 0 was asked.
     pub fn udp_addrs(&self) -> &[SocketAddr] {
         &self.udp_addrs
+    }
+
+    /// Where the Prometheus exporter listens, when metrics are on.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics.as_ref().map(|(_, addr)| *addr)
     }
 
     /// The bound addresses, with the real port where port 0 was asked.
@@ -162,6 +213,18 @@ impl Server {
                 frame_timeout: self.config.frame_timeout,
             },
             permits: Arc::new(Semaphore::new(self.config.max_connections)),
+            proxy: self.config.proxy_protocol,
+            // The header is the connection's first "frame": a balancer sends
+            // it at once, so the frame timeout (else the idle one) bounds it.
+            header_timeout: self.config.frame_timeout.or(self.config.idle_timeout),
+            metrics: self
+                .metrics
+                .as_ref()
+                .map(|_| Arc::new(Metrics::new(!self.udp.is_empty()))),
+            rejections: std::sync::Mutex::new(RejectionLog {
+                count: 0,
+                since: Instant::now(),
+            }),
             tcp_nodelay: self.config.tcp_nodelay,
             max_per_ip: self.config.max_connections_per_ip,
             per_ip: std::sync::Mutex::new(std::collections::HashMap::new()),
@@ -174,6 +237,13 @@ impl Server {
         for listener in self.listeners {
             accept_loops.spawn(accept_loop(listener, shared.clone()));
         }
+        if let (Some((listener, _)), Some(metrics)) = (self.metrics, &shared.metrics) {
+            accept_loops.spawn(crate::metrics::serve(
+                listener,
+                metrics.clone(),
+                shared.drain.clone(),
+            ));
+        }
         if !self.udp.is_empty() {
             let limiter = Arc::new(std::sync::Mutex::new(crate::udp::Limiter::new(
                 self.config.udp_limits.clone(),
@@ -183,13 +253,16 @@ impl Server {
                 accept_loops.spawn(crate::udp::serve(
                     socket,
                     limiter.clone(),
+                    shared.metrics.clone(),
                     shared.drain.clone(),
                 ));
             }
             accept_loops.spawn(crate::udp::report_drops(limiter, shared.drain.clone()));
         }
 
+        crate::systemd::notify_ready();
         let cause = shutdown.await;
+        crate::systemd::notify_stopping();
         let grace = self.config.shutdown_grace;
         shared.drain.cancel();
         // Every accept loop returns at once on `drain`, dropping (closing) its listener.
@@ -312,6 +385,13 @@ struct Shared {
     settings: ConnectionSettings,
     permits: Arc<Semaphore>,
     tcp_nodelay: bool,
+    /// Whether connections start with a PROXY protocol header.
+    proxy: ProxyProtocol,
+    /// How long the PROXY header may take; `None` = no limit.
+    header_timeout: Option<Duration>,
+    metrics: Option<Arc<Metrics>>,
+    /// Per-IP refusals, logged at most once per interval.
+    rejections: std::sync::Mutex<RejectionLog>,
     /// Connections one IP may hold; 0 = no limit.
     max_per_ip: usize,
     /// Open connections per client IP (only while `max_per_ip` > 0).
@@ -348,13 +428,14 @@ async fn resolve(listen: &ListenAddr) -> Result<Vec<SocketAddr>, ServerError> {
 }
 
 /// A listening socket, set up the way a server wants it on every platform.
-fn bind_listener(addr: SocketAddr) -> io::Result<TcpListener> {
+fn bind_listener(addr: SocketAddr, reuse_port: bool) -> io::Result<TcpListener> {
     use socket2::{Domain, Socket, Type};
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
     // Restarting must not fail on the previous run's TIME_WAIT sockets. (On
     // Windows SO_REUSEADDR would allow stealing a live port, so not there.)
     #[cfg(unix)]
     socket.set_reuse_address(true)?;
+    set_reuse_port(&socket, reuse_port)?;
     if addr.is_ipv6() {
         // Explicit, so behaviour does not depend on the host's
         // net.ipv6.bindv6only: [::] means IPv6 only; add 0.0.0.0 for IPv4.
@@ -364,6 +445,21 @@ fn bind_listener(addr: SocketAddr) -> io::Result<TcpListener> {
     socket.bind(&addr.into())?;
     socket.listen(LISTEN_BACKLOG)?;
     TcpListener::from_std(socket.into())
+}
+
+/// SO_REUSEPORT, so several processes share the port and the kernel
+/// spreads connections (or datagrams) between them.
+pub(crate) fn set_reuse_port(socket: &socket2::Socket, reuse_port: bool) -> io::Result<()> {
+    if !reuse_port {
+        return Ok(());
+    }
+    #[cfg(all(unix, not(any(target_os = "solaris", target_os = "illumos"))))]
+    return socket.set_reuse_port(true);
+    #[allow(unreachable_code)]
+    Err(io::Error::new(
+        io::ErrorKind::Unsupported,
+        "reuse_port is not supported on this platform",
+    ))
 }
 
 /// A client IP's place under `max_connections_per_ip`, given back on drop.
@@ -417,12 +513,12 @@ struct RejectionLog {
 impl RejectionLog {
     const INTERVAL: Duration = Duration::from_secs(10);
 
-    fn reject(&mut self, local: &str, limit: usize) {
+    fn reject(&mut self, limit: usize) {
         self.count += 1;
         if self.since.elapsed() >= Self::INTERVAL {
             info!(
                 rejected = self.count,
-                "{local}: refused {} connection(s) over the {limit}-per-IP limit in the last {}s",
+                "refused {} connection(s) over the {limit}-per-IP limit in the last {}s",
                 self.count,
                 self.since.elapsed().as_secs()
             );
@@ -435,10 +531,6 @@ impl RejectionLog {
 async fn accept_loop(listener: Listener, shared: Arc<Shared>) {
     let local = listener.describe();
     let mut backoff = ACCEPT_BACKOFF_MIN;
-    let mut rejections = RejectionLog {
-        count: 0,
-        since: Instant::now(),
-    };
     loop {
         let accepted = tokio::select! {
             biased;
@@ -472,17 +564,19 @@ async fn accept_loop(listener: Listener, shared: Arc<Shared>) {
                 continue;
             }
         };
-        // The per-IP limit is checked before the client takes a slot.
-        let ip_slot = match ip {
-            Some(ip) if shared.max_per_ip > 0 => match IpSlot::take(&shared, ip) {
-                Some(slot) => Some(slot),
-                None => {
-                    debug!(%peer, "refused: over the per-IP connection limit");
-                    rejections.reject(&local, shared.max_per_ip);
-                    continue;
-                }
-            },
-            _ => None,
+        if let Some(metrics) = &shared.metrics {
+            metrics.accepted();
+        }
+        // The per-IP limit is checked before the client takes a slot; behind
+        // a PROXY-protocol balancer it is the header's client that counts,
+        // so then it is checked once the header is read.
+        let ip_slot = if shared.proxy == ProxyProtocol::Off {
+            match admit(&shared, ip, &peer) {
+                Ok(slot) => slot,
+                Err(()) => continue,
+            }
+        } else {
+            None
         };
         // The connection limit: at most one accepted connection per listener
         // waits here for a slot; everyone else waits in the kernel backlog.
@@ -526,8 +620,89 @@ fn is_connection_error(error: &io::Error) -> bool {
     )
 }
 
-/// One connection's task: echo until it ends or is cut, then log one line.
+/// The per-IP limit: a place for `ip`, `Ok(None)` when there is no limit
+/// (or no IP), `Err` when the client is refused (logged and counted).
+fn admit(shared: &Arc<Shared>, ip: Option<IpAddr>, peer: &str) -> Result<Option<IpSlot>, ()> {
+    match ip {
+        Some(ip) if shared.max_per_ip > 0 => match IpSlot::take(shared, ip) {
+            Some(slot) => Ok(Some(slot)),
+            None => {
+                debug!(%peer, "refused: over the per-IP connection limit");
+                shared
+                    .rejections
+                    .lock()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner())
+                    .reject(shared.max_per_ip);
+                if let Some(metrics) = &shared.metrics {
+                    metrics.rejected(Rejection::PerIpLimit);
+                }
+                Err(())
+            }
+        },
+        _ => Ok(None),
+    }
+}
+
+/// One connection's task: read its PROXY header when there is one, then
+/// echo until the connection ends or is cut, then log one line.
 async fn serve<S: EchoStream>(
+    mut stream: S,
+    peer: String,
+    (permit, ip_slot): (OwnedSemaphorePermit, Option<IpSlot>),
+    shared: Arc<Shared>,
+) {
+    if shared.proxy == ProxyProtocol::Off {
+        return echo_connection(stream, peer, (permit, ip_slot), shared).await;
+    }
+    let mut pending = BytesMut::new();
+    let read = proxy::read_header(&mut stream, shared.proxy, &mut pending);
+    let read = async {
+        match shared.header_timeout {
+            Some(limit) => tokio::time::timeout(limit, read)
+                .await
+                .unwrap_or(Err(HeaderError::Timeout(limit))),
+            None => read.await,
+        }
+    };
+    let header = tokio::select! {
+        biased;
+        // Nothing of the client's has been received yet: nothing to echo.
+        _ = shared.drain.cancelled() => Err(HeaderError::Shutdown),
+        header = read => header,
+    };
+    let (peer, ip) = match header {
+        Ok(proxy::Header {
+            source: Some(client),
+            ..
+        }) => {
+            debug!(proxy = %peer, client = %client, "PROXY header from {peer}: client {client}");
+            (client.to_string(), Some(client.ip()))
+        }
+        Ok(proxy::Header { source: None, .. }) => {
+            let ip = peer.parse::<SocketAddr>().ok().map(|addr| addr.ip());
+            (peer, ip)
+        }
+        Err(error) => {
+            if error.is_routine() {
+                debug!(%peer, %error, "connection from {peer} refused: {error}");
+            } else {
+                info!(%peer, %error, "connection from {peer} refused: {error}");
+            }
+            if let Some(metrics) = &shared.metrics {
+                metrics.rejected(Rejection::ProxyHeader);
+            }
+            return;
+        }
+    };
+    let Ok(ip_slot) = admit(&shared, ip, &peer) else {
+        return;
+    };
+    let stream = proxy::Rewind::new(pending, stream);
+    echo_connection(stream, peer, (permit, ip_slot), shared).await
+}
+
+/// Echoes until the connection ends or is cut, then logs one line.
+async fn echo_connection<S: EchoStream>(
     mut stream: S,
     peer: String,
     _slots: (OwnedSemaphorePermit, Option<IpSlot>),
@@ -547,13 +722,18 @@ async fn serve<S: EchoStream>(
         &drain,
         &shared.lingering,
         &mut stats,
+        shared.metrics.as_ref().map(|metrics| &metrics.echo),
     );
     let reason = tokio::select! {
         biased;
         _ = shared.cut.cancelled() => CloseReason::Cut,
         reason = echo.instrument(span) => reason,
     };
-    log_close(&peer, &reason, &stats, opened.elapsed());
+    let lifetime = opened.elapsed();
+    if let Some(metrics) = &shared.metrics {
+        metrics.closed(&reason, lifetime);
+    }
+    log_close(&peer, &reason, &stats, lifetime);
 }
 
 fn log_close(peer: &str, reason: &CloseReason, stats: &ConnectionStats, lifetime: Duration) {

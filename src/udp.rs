@@ -161,9 +161,10 @@ impl Limiter {
 }
 
 /// Binds a UDP socket (IPv6 sockets IPv6-only, as for TCP).
-pub fn bind(addr: SocketAddr) -> io::Result<UdpSocket> {
+pub fn bind(addr: SocketAddr, reuse_port: bool) -> io::Result<UdpSocket> {
     use socket2::{Domain, Socket, Type};
     let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, None)?;
+    crate::server::set_reuse_port(&socket, reuse_port)?;
     if addr.is_ipv6() {
         socket.set_only_v6(true)?;
     }
@@ -190,7 +191,12 @@ pub async fn connect(addr: &crate::config::ListenAddr) -> io::Result<UdpSocket> 
 }
 
 /// Echoes datagrams on `socket` until `drain` is cancelled.
-pub async fn serve(socket: UdpSocket, limiter: Arc<Mutex<Limiter>>, drain: CancellationToken) {
+pub async fn serve(
+    socket: UdpSocket,
+    limiter: Arc<Mutex<Limiter>>,
+    metrics: Option<Arc<crate::metrics::Metrics>>,
+    drain: CancellationToken,
+) {
     let mut buf = vec![0u8; MAX_DATAGRAM];
     loop {
         let received = tokio::select! {
@@ -210,9 +216,19 @@ pub async fn serve(socket: UdpSocket, limiter: Arc<Mutex<Limiter>>, drain: Cance
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .admit(source, Instant::now());
-        if admitted.is_ok() {
-            if let Err(error) = socket.send_to(&buf[..len], source).await {
-                debug!(%source, %error, "udp reply failed");
+        match admitted {
+            Ok(_) => match socket.send_to(&buf[..len], source).await {
+                Ok(_) => {
+                    if let Some(metrics) = &metrics {
+                        metrics.udp_echoed();
+                    }
+                }
+                Err(error) => debug!(%source, %error, "udp reply failed"),
+            },
+            Err(reason) => {
+                if let Some(metrics) = &metrics {
+                    metrics.udp_dropped(reason);
+                }
             }
         }
     }

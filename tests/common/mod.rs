@@ -33,6 +33,7 @@ pub fn config() -> Config {
 pub struct TestServer {
     pub addrs: Vec<SocketAddr>,
     pub udp_addrs: Vec<SocketAddr>,
+    pub metrics_addr: Option<SocketAddr>,
     shutdown: Option<oneshot::Sender<()>>,
     task: JoinHandle<ShutdownReport>,
 }
@@ -42,6 +43,7 @@ impl TestServer {
         let server = Server::bind(config).await.expect("bind");
         let addrs = server.local_addrs().to_vec();
         let udp_addrs = server.udp_addrs().to_vec();
+        let metrics_addr = server.metrics_addr();
         let (shutdown, signalled) = oneshot::channel::<()>();
         let task = tokio::spawn(server.run(async move {
             let _ = signalled.await;
@@ -50,6 +52,7 @@ impl TestServer {
         TestServer {
             addrs,
             udp_addrs,
+            metrics_addr,
             shutdown: Some(shutdown),
             task,
         }
@@ -175,8 +178,38 @@ impl ServerProcess {
         env: &[(&str, &str)],
         adjust: impl FnOnce(&mut Command, &Path),
     ) -> ServerProcess {
+        Self::spawn_command(
+            Command::new(env!("CARGO_BIN_EXE_echo-server")),
+            args,
+            env,
+            adjust,
+        )
+    }
+
+    /// Starts echo-server through `sh -c SCRIPT`, where the script ends in
+    /// `exec "$0" "$@"` (the binary and ARGS): the shell can set variables
+    /// that depend on the final pid, such as `LISTEN_PID=$$`.
+    pub fn spawn_via_shell(
+        script: &str,
+        args: &[&str],
+        env: &[(&str, &str)],
+        adjust: impl FnOnce(&mut Command, &Path),
+    ) -> ServerProcess {
+        let mut command = Command::new("sh");
+        command
+            .arg("-c")
+            .arg(script)
+            .arg(env!("CARGO_BIN_EXE_echo-server"));
+        Self::spawn_command(command, args, env, adjust)
+    }
+
+    fn spawn_command(
+        mut command: Command,
+        args: &[&str],
+        env: &[(&str, &str)],
+        adjust: impl FnOnce(&mut Command, &Path),
+    ) -> ServerProcess {
         let dir = tempfile::tempdir().unwrap();
-        let mut command = Command::new(env!("CARGO_BIN_EXE_echo-server"));
         command
             .args(args)
             .current_dir(dir.path())
@@ -275,6 +308,17 @@ impl ServerProcess {
         }
     }
 
+    /// Collects the stderr lines that arrive within `wait`.
+    pub fn poll_lines(&mut self, wait: Duration) {
+        let deadline = Instant::now() + wait;
+        while let Ok(line) = self
+            .lines
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+        {
+            self.stderr.push(line);
+        }
+    }
+
     pub fn signal(&self, signal: i32) {
         // SAFETY: kill(2) on our own child's pid has no memory effects.
         let result = unsafe { libc::kill(self.child.id() as libc::pid_t, signal) };
@@ -337,6 +381,27 @@ pub fn limit_open_files(command: &mut Command, soft: u64, hard: u64) {
                 rlim_max: hard as libc::rlim_t,
             };
             if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
+/// Makes `fd` the child's descriptor 3, the first one socket activation
+/// (systemd's `LISTEN_FDS`) and HAProxy's `fd@3` look at.
+#[cfg(unix)]
+pub fn pass_as_fd3(command: &mut Command, fd: std::os::fd::RawFd) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: dup2 and fcntl are async-signal-safe, as pre_exec requires.
+    unsafe {
+        command.pre_exec(move || {
+            if fd == 3 {
+                // Already there: just let it survive exec.
+                if libc::fcntl(3, libc::F_SETFD, 0) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            } else if libc::dup2(fd, 3) != 3 {
                 return Err(std::io::Error::last_os_error());
             }
             Ok(())
