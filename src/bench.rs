@@ -49,9 +49,16 @@ const READ_BUFFER: usize = 64 * 1024;
 /// `echo-client bench`'s arguments.
 #[derive(Debug, Args)]
 pub struct BenchArgs {
-    /// Server address: HOST:PORT, [IPv6]:PORT or unix:PATH.
+    /// Server address: HOST:PORT, [IPv6]:PORT, unix:PATH or tls:HOST:PORT.
     #[arg(default_value = DEFAULT_LISTEN, value_name = "ADDR")]
     pub addr: String,
+    #[command(flatten)]
+    pub tls: crate::tls::ClientTlsArgs,
+    /// Open a new connection for every message (connect, TLS handshake on
+    /// tls:, one echo, close): measures connection setup, so msgs/s is
+    /// connections (or handshakes) per second.
+    #[arg(long)]
+    pub reconnect: bool,
     /// Load a UDP echo server: each connection is a socket, each message a
     /// datagram (--size includes an 8-byte sequence number).
     #[arg(long)]
@@ -104,6 +111,8 @@ pub struct BenchArgs {
 #[derive(Debug, Clone)]
 pub struct Plan {
     pub endpoint: Endpoint,
+    pub tls: Option<crate::client::TlsTarget>,
+    pub reconnect: bool,
     pub chaos: Option<usize>,
     pub server_pid: Option<u32>,
     pub udp: bool,
@@ -135,6 +144,12 @@ impl Plan {
                 "--size: must be from {UDP_HEADER} to 65507 with --udp"
             )));
         }
+        if args.reconnect && (args.udp || args.chaos) {
+            return Err(usage(
+                "--reconnect does not go with --udp or --chaos".into(),
+            ));
+        }
+        let tls = crate::client::tls_setup(&endpoint, &args.tls)?;
         let framing: Framing = args.framing.parse().map_err(usage)?;
         if args.connections == 0 {
             return Err(usage("--connections: must be at least 1".into()));
@@ -155,6 +170,8 @@ impl Plan {
         };
         Ok(Plan {
             endpoint,
+            tls,
+            reconnect: args.reconnect,
             chaos: args.chaos.then_some(args.chaos_clients),
             server_pid: args.server_pid,
             udp: args.udp,
@@ -326,7 +343,9 @@ pub async fn measure(
     let codec = EchoCodec::new(plan.framing, MAX_FRAME_LENGTH_LIMIT);
 
     // Connect everything first: nothing is sent until all are up or failed.
+    // (With --reconnect every message makes its own connection.)
     let connecting: Vec<JoinHandle<Result<Conn, ClientError>>> = (0..plan.connections)
+        .filter(|_| !plan.reconnect)
         .map(|_| tokio::task::spawn_local(open(plan.clone())))
         .collect();
     let mut streams = Vec::with_capacity(plan.connections);
@@ -336,7 +355,7 @@ pub async fn measure(
             Err(error) => tally.error(error.to_string()),
         }
     }
-    if streams.is_empty() {
+    if streams.is_empty() && !plan.reconnect {
         let why = tally
             .first_errors
             .borrow()
@@ -362,7 +381,7 @@ pub async fn measure(
     let measure_until = measure_from + plan.duration;
     tally.measure_from.set(Some(measure_from));
     tally.measure_until.set(Some(measure_until));
-    let drivers: Vec<JoinHandle<()>> = streams
+    let mut drivers: Vec<JoinHandle<()>> = streams
         .into_iter()
         .enumerate()
         .map(|(index, conn)| {
@@ -370,6 +389,9 @@ pub async fn measure(
             match conn {
                 Conn::Tcp(stream) => tokio::task::spawn_local(
                     Driver::new(stream, plan, codec, pattern, tally, index).run(),
+                ),
+                Conn::Tls(stream) => tokio::task::spawn_local(
+                    Driver::new(*stream, plan, codec, pattern, tally, index).run(),
                 ),
                 #[cfg(unix)]
                 Conn::Unix(stream) => tokio::task::spawn_local(
@@ -381,6 +403,17 @@ pub async fn measure(
             }
         })
         .collect();
+    if plan.reconnect {
+        drivers.extend((0..plan.connections).map(|index| {
+            tokio::task::spawn_local(reconnect_loop(
+                plan.clone(),
+                codec,
+                pattern.clone(),
+                tally.clone(),
+                index,
+            ))
+        }));
+    }
 
     let progress = show_progress.then(|| progress_bar(plan.warmup + plan.duration));
     let mut ticker = tokio::time::interval(Duration::from_millis(200));
@@ -496,6 +529,7 @@ fn xorshift(state: &mut u64) -> u64 {
 /// One open connection (or UDP socket) of the bench.
 enum Conn {
     Tcp(TcpStream),
+    Tls(Box<crate::tls::ClientStream<TcpStream>>),
     #[cfg(unix)]
     Unix(tokio::net::UnixStream),
     Udp(tokio::net::UdpSocket),
@@ -520,31 +554,128 @@ async fn open(plan: Plan) -> Result<Conn, ClientError> {
         }
         #[cfg(not(unix))]
         Endpoint::Unix(_) => Err(failed("Unix sockets are not supported here".into())),
+        Endpoint::Tls(addr) => Ok(Conn::Tls(Box::new(
+            crate::client::connect_tls(
+                addr,
+                plan.tls.clone().expect("set up for tls:"),
+                plan.connect_timeout,
+            )
+            .await?,
+        ))),
     }
 }
 
-/// What the stream driver needs of a socket: TCP and Unix streams both.
+/// `--reconnect`: each message on its own connection (TLS handshake
+/// included), timed from the connect to the verified echo.
+async fn reconnect_loop(
+    plan: Plan,
+    mut codec: EchoCodec,
+    pattern: Rc<Vec<u8>>,
+    tally: Rc<Tally>,
+    index: usize,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut rng = seed() ^ (index as u64 + 1).wrapping_mul(0xD1B5_4A32_D192_ED03) | 1;
+    let mut message = BytesMut::new();
+    let mut echoed = vec![0u8; plan.wire_size()];
+    loop {
+        let offset = (xorshift(&mut rng) % PATTERN_SPAN as u64) as usize;
+        let payload = &pattern[offset..offset + plan.size];
+        message.clear();
+        if plan.framing == Framing::Lines {
+            message.extend_from_slice(&payload[..plan.size - 1]);
+            message.extend_from_slice(b"\n");
+        } else {
+            codec
+                .encode(payload, &mut message)
+                .expect("size was validated against the frame limit");
+        }
+        let started = Instant::now();
+        let result = async {
+            macro_rules! exchange {
+                ($stream:expr) => {{
+                    let mut stream = $stream;
+                    stream.write_all(&message).await?;
+                    stream.read_exact(&mut echoed).await?;
+                    stream.shutdown().await
+                }};
+            }
+            match open(plan.clone())
+                .await
+                .map_err(|e| io::Error::other(e.to_string()))?
+            {
+                Conn::Tcp(stream) => exchange!(stream),
+                Conn::Tls(stream) => exchange!(stream),
+                #[cfg(unix)]
+                Conn::Unix(stream) => exchange!(stream),
+                Conn::Udp(_) => unreachable!("--reconnect is refused with --udp"),
+            }
+        }
+        .await;
+        match result {
+            Ok(()) if echoed[..] == message[..] => tally.completed(started, Instant::now()),
+            Ok(()) => {
+                tally.mismatches.set(tally.mismatches.get() + 1);
+                tally.completed(started, Instant::now());
+            }
+            Err(error) => {
+                tally.error(format!("connection failed: {error}"));
+                // Do not spin on a server that refuses everything.
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    }
+}
+
+/// What the stream driver needs of a socket: TCP, Unix and TLS streams.
 trait BenchStream: AsyncRead + Unpin + 'static {
-    fn try_write(&self, buf: &[u8]) -> io::Result<usize>;
-    fn poll_write_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>>;
+    /// Writes without waiting (`WouldBlock` when it would).
+    fn try_write(&mut self, buf: &[u8]) -> io::Result<usize>;
+    /// Ready when a write can make progress; for TLS, this pushes out
+    /// encrypted bytes the session still holds.
+    fn poll_write_ready(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>>;
+    /// Bytes accepted by `try_write` that are not on the socket yet.
+    fn wants_flush(&self) -> bool {
+        false
+    }
 }
 
 impl BenchStream for TcpStream {
-    fn try_write(&self, buf: &[u8]) -> io::Result<usize> {
+    fn try_write(&mut self, buf: &[u8]) -> io::Result<usize> {
         TcpStream::try_write(self, buf)
     }
-    fn poll_write_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+    fn poll_write_ready(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         TcpStream::poll_write_ready(self, cx)
     }
 }
 
 #[cfg(unix)]
 impl BenchStream for tokio::net::UnixStream {
-    fn try_write(&self, buf: &[u8]) -> io::Result<usize> {
+    fn try_write(&mut self, buf: &[u8]) -> io::Result<usize> {
         tokio::net::UnixStream::try_write(self, buf)
     }
-    fn poll_write_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+    fn poll_write_ready(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         tokio::net::UnixStream::poll_write_ready(self, cx)
+    }
+}
+
+impl BenchStream for crate::tls::ClientStream<TcpStream> {
+    fn try_write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        use tokio::io::AsyncWrite;
+        // Encrypts into the session and writes what the socket takes; the
+        // real waker is registered by `poll_write_ready`.
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        match Pin::new(self).poll_write(&mut cx, buf) {
+            Poll::Ready(result) => result,
+            Poll::Pending => Err(io::ErrorKind::WouldBlock.into()),
+        }
+    }
+    fn poll_write_ready(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        use tokio::io::AsyncWrite;
+        Pin::new(self).poll_flush(cx)
+    }
+    fn wants_flush(&self) -> bool {
+        self.get_ref().1.wants_write()
     }
 }
 
@@ -623,7 +754,7 @@ impl<S: BenchStream> Driver<S> {
             // Read through poll_read: a short read tells tokio the socket is
             // drained, which saves an EAGAIN recv per message. Wait for
             // writability too while output is pending.
-            let pending_write = self.written < self.out.len();
+            let pending_write = self.written < self.out.len() || self.stream.wants_flush();
             let (stream, read_buf) = (&mut self.stream, &mut self.read_buf);
             let read = std::future::poll_fn(|cx| {
                 let mut buf = ReadBuf::new(read_buf);

@@ -35,9 +35,11 @@ const SEND_BATCH: usize = 64 * 1024;
 pub struct ClientArgs {
     #[command(subcommand)]
     pub command: Option<ClientCommand>,
-    /// Server address: HOST:PORT, [IPv6]:PORT or unix:PATH.
+    /// Server address: HOST:PORT, [IPv6]:PORT, unix:PATH or tls:HOST:PORT.
     #[arg(default_value = DEFAULT_LISTEN, value_name = "ADDR")]
     pub addr: String,
+    #[command(flatten)]
+    pub tls: crate::tls::ClientTlsArgs,
     /// Talk UDP (RFC 862): each stdin line is one datagram, and each reply
     /// is awaited for --timeout before it is reported lost.
     #[arg(long)]
@@ -110,6 +112,7 @@ pub fn run(args: ClientArgs) -> Result<(), ClientError> {
     if args.udp && !matches!(endpoint, Endpoint::Tcp(_)) {
         return Err(ClientError::Usage("--udp needs a HOST:PORT address".into()));
     }
+    let tls = tls_setup(&endpoint, &args.tls)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -141,12 +144,72 @@ pub fn run(args: ClientArgs) -> Result<(), ClientError> {
             Endpoint::Unix(_) => Err(ClientError::Usage(
                 "Unix sockets are not supported here".into(),
             )),
+            Endpoint::Tls(addr) => {
+                let stream = connect_tls(addr, tls.expect("set up for tls:"), timeout).await?;
+                let (from_server, to_server) = tokio::io::split(stream);
+                exchange(from_server, to_server, input, output, codec, timeout).await
+            }
         }
     });
     // A blocking read of an interactive stdin may still be waiting: do not
     // wait for it on the way out.
     runtime.shutdown_background();
     result
+}
+
+/// TLS settings for a `tls:` address (and a loud warning for
+/// `--tls-insecure`); TLS flags with another address are a usage error.
+pub fn tls_setup(
+    endpoint: &Endpoint,
+    args: &crate::tls::ClientTlsArgs,
+) -> Result<Option<TlsTarget>, ClientError> {
+    let Endpoint::Tls(addr) = endpoint else {
+        let given = args.tls_ca.is_some()
+            || args.tls_cert.is_some()
+            || args.tls_server_name.is_some()
+            || args.tls_insecure;
+        return if given {
+            Err(ClientError::Usage(
+                "--tls-* options need a tls:HOST:PORT address".into(),
+            ))
+        } else {
+            Ok(None)
+        };
+    };
+    if args.tls_insecure {
+        eprintln!(
+            "echo-client: WARNING: --tls-insecure: the server's certificate is NOT verified; \
+             anyone on the path can read and change this traffic. Use it for testing only."
+        );
+    }
+    let config = crate::tls::client_config(args).map_err(|e| ClientError::Usage(e.to_string()))?;
+    let name = crate::tls::server_name(args, addr.host())
+        .map_err(|e| ClientError::Usage(format!("--tls-server-name: {e}")))?;
+    Ok(Some(TlsTarget { config, name }))
+}
+
+/// What a TLS connection needs: the configuration and the name to verify.
+#[derive(Clone, Debug)]
+pub struct TlsTarget {
+    pub config: std::sync::Arc<rustls::ClientConfig>,
+    pub name: rustls::pki_types::ServerName<'static>,
+}
+
+/// Connects to `addr` and completes the TLS handshake, all within `timeout`.
+pub async fn connect_tls(
+    addr: &ListenAddr,
+    tls: TlsTarget,
+    timeout: Duration,
+) -> Result<crate::tls::ClientStream<TcpStream>, ClientError> {
+    let started = tokio::time::Instant::now();
+    let stream = connect(addr, timeout).await?;
+    let left = timeout.saturating_sub(started.elapsed());
+    let failed =
+        |why: String| ClientError::Failed(format!("TLS handshake with tls:{addr} failed: {why}"));
+    tokio::time::timeout(left, crate::tls::connect(stream, tls.config, tls.name))
+        .await
+        .map_err(|_| failed(format!("timed out after {}s", timeout.as_secs_f64())))?
+        .map_err(|error| failed(error.to_string()))
 }
 
 /// Connects to `addr` (every resolved address in turn) within `timeout`.

@@ -30,7 +30,7 @@ pub const DEFAULT_CONFIG_FILE: &str = "config.toml";
 pub const ENV_PREFIX: &str = "ECHOD_";
 
 /// Every config key, in the order the docs list them.
-pub const KEYS: [&str; 21] = [
+pub const KEYS: [&str; 25] = [
     "max_connections_per_ip",
     "frame_timeout",
     "listen",
@@ -52,6 +52,10 @@ pub const KEYS: [&str; 21] = [
     "reuse_port",
     "proxy_protocol",
     "metrics",
+    "tls_cert",
+    "tls_key",
+    "tls_client_ca",
+    "tls_handshake_timeout",
 ];
 
 /// A bad setting: exit code 2, and a message naming the key and the problem.
@@ -155,6 +159,20 @@ pub struct ServerArgs {
     /// /metrics; an empty value turns them off [default: off].
     #[arg(long, value_name = "ADDR")]
     pub metrics: Option<String>,
+    /// TLS certificate chain (PEM) for tls: listeners, leaf first.
+    #[arg(long, value_name = "FILE")]
+    pub tls_cert: Option<String>,
+    /// TLS private key (PEM: PKCS#8, PKCS#1 or SEC1) matching --tls-cert.
+    #[arg(long, value_name = "FILE")]
+    pub tls_key: Option<String>,
+    /// Require client certificates signed by a CA in this PEM file
+    /// (mutual TLS) [default: none, no client certificates asked].
+    #[arg(long, value_name = "FILE")]
+    pub tls_client_ca: Option<String>,
+    /// Seconds a TLS handshake may take before the connection is closed
+    /// [default: 10].
+    #[arg(long, value_name = "SECS", allow_negative_numbers = true)]
+    pub tls_handshake_timeout: Option<String>,
 }
 
 impl ServerArgs {
@@ -187,6 +205,10 @@ impl ServerArgs {
             ("reuse_port", &self.reuse_port),
             ("proxy_protocol", &self.proxy_protocol),
             ("metrics", &self.metrics),
+            ("tls_cert", &self.tls_cert),
+            ("tls_key", &self.tls_key),
+            ("tls_client_ca", &self.tls_client_ca),
+            ("tls_handshake_timeout", &self.tls_handshake_timeout),
             ("unix_socket_mode", &self.unix_socket_mode),
             ("udp_min_source_port", &self.udp_min_source_port),
             ("udp_rate", &self.udp_rate),
@@ -312,6 +334,8 @@ pub fn environment() -> Result<Vec<(String, String)>, ConfigError> {
 pub enum Endpoint {
     Tcp(ListenAddr),
     Unix(std::path::PathBuf),
+    /// TLS over TCP: `tls:HOST:PORT`.
+    Tls(ListenAddr),
 }
 
 impl FromStr for Endpoint {
@@ -324,7 +348,10 @@ impl FromStr for Endpoint {
             Some(_) => Err(format!(
                 "bad address {s:?}: Unix sockets are not supported on this platform"
             )),
-            None => s.parse().map(Endpoint::Tcp),
+            None => match s.strip_prefix("tls:") {
+                Some(addr) => addr.parse().map(Endpoint::Tls),
+                None => s.parse().map(Endpoint::Tcp),
+            },
         }
     }
 }
@@ -334,6 +361,7 @@ impl fmt::Display for Endpoint {
         match self {
             Endpoint::Tcp(addr) => addr.fmt(f),
             Endpoint::Unix(path) => write!(f, "unix:{}", path.display()),
+            Endpoint::Tls(addr) => write!(f, "tls:{addr}"),
         }
     }
 }
@@ -403,6 +431,20 @@ pub struct Config {
     pub proxy_protocol: ProxyProtocol,
     /// Where Prometheus metrics are served; `None` = off.
     pub metrics: Option<ListenAddr>,
+    /// TLS: certificate chain and key (PEM) for `tls:` listeners, and the
+    /// CA bundle client certificates must chain to (mutual TLS).
+    pub tls: TlsFiles,
+    /// How long a TLS handshake may take.
+    pub tls_handshake_timeout: Duration,
+}
+
+/// The PEM files of TLS listeners; checked (read, parsed, the key matched
+/// to the certificate) at start-up.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TlsFiles {
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+    pub client_ca: Option<PathBuf>,
 }
 
 /// The default worker count: one per available core.
@@ -431,6 +473,8 @@ impl Default for Config {
             reuse_port: false,
             proxy_protocol: ProxyProtocol::Off,
             metrics: None,
+            tls: TlsFiles::default(),
+            tls_handshake_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -464,7 +508,31 @@ impl Config {
         for layer in file.into_iter().chain([env, args.layer()?]) {
             layer.apply_to(&mut config);
         }
+        config.check_tls(&mut warnings)?;
         Ok((config, warnings))
+    }
+
+    /// Settings that only make sense together: a `tls:` listener needs a
+    /// certificate and a key, and the files must be usable now, not at the
+    /// first connection.
+    fn check_tls(&self, warnings: &mut Vec<String>) -> Result<(), ConfigError> {
+        let tls_listener = self.listen.iter().find(|e| matches!(e, Endpoint::Tls(_)));
+        match (tls_listener, &self.tls.cert, &self.tls.key) {
+            (Some(endpoint), None, _) | (Some(endpoint), _, None) => Err(ConfigError(format!(
+                "listen {endpoint}: a TLS listener needs tls_cert and tls_key (--tls-cert FILE --tls-key FILE)"
+            ))),
+            (Some(_), Some(_), Some(_)) => crate::tls::server_config(&self.tls, warnings)
+                .map(drop)
+                .map_err(|error| ConfigError(error.to_string())),
+            (None, cert, key) => {
+                if cert.is_some() || key.is_some() || self.tls.client_ca.is_some() {
+                    warnings.push(
+                        "tls_cert, tls_key and tls_client_ca are unused: no tls: listener".into(),
+                    );
+                }
+                Ok(())
+            }
+        }
     }
 
     /// Parses a whole config file's text (`origin` names it in errors).
@@ -499,6 +567,10 @@ struct Layer {
     reuse_port: Option<bool>,
     proxy_protocol: Option<ProxyProtocol>,
     metrics: Option<Option<ListenAddr>>,
+    tls_cert: Option<Option<PathBuf>>,
+    tls_key: Option<Option<PathBuf>>,
+    tls_client_ca: Option<Option<PathBuf>>,
+    tls_handshake_timeout: Option<Duration>,
 }
 
 /// A setting's value as a source gives it: text from flags and the
@@ -553,6 +625,12 @@ impl Value {
             return Err(format!("must be from {min} to {max}, found {value}"));
         }
         usize::try_from(value).map_err(|_| format!("{value} is too large for this machine"))
+    }
+
+    /// A file path; empty means none.
+    fn path(self) -> Result<Option<PathBuf>, String> {
+        let text = self.text()?;
+        Ok((!text.trim().is_empty()).then(|| PathBuf::from(text)))
     }
 
     fn boolean(self) -> Result<bool, String> {
@@ -674,6 +752,16 @@ impl Layer {
             "tcp_nodelay" => self.tcp_nodelay = Some(value.boolean()?),
             "reuse_port" => self.reuse_port = Some(value.boolean()?),
             "proxy_protocol" => self.proxy_protocol = Some(value.text()?.parse()?),
+            "tls_cert" => self.tls_cert = Some(value.path()?),
+            "tls_key" => self.tls_key = Some(value.path()?),
+            "tls_client_ca" => self.tls_client_ca = Some(value.path()?),
+            "tls_handshake_timeout" => {
+                let timeout = value.seconds()?;
+                if timeout.is_zero() {
+                    return Err("must be more than 0 seconds".into());
+                }
+                self.tls_handshake_timeout = Some(timeout);
+            }
             "metrics" => {
                 let addr = value.text()?;
                 let addr = addr.trim();
@@ -787,6 +875,13 @@ impl Layer {
         apply(&mut config.reuse_port, self.reuse_port);
         apply(&mut config.proxy_protocol, self.proxy_protocol);
         apply(&mut config.metrics, self.metrics);
+        apply(&mut config.tls.cert, self.tls_cert);
+        apply(&mut config.tls.key, self.tls_key);
+        apply(&mut config.tls.client_ca, self.tls_client_ca);
+        apply(
+            &mut config.tls_handshake_timeout,
+            self.tls_handshake_timeout,
+        );
     }
 }
 

@@ -327,6 +327,15 @@ impl<S: EchoStream> Echo<'_, S> {
             }
             self.idle.touch();
         }
+        if len > 0 {
+            // A TLS stream may hold the last records until flushed; for a
+            // plain socket this returns at once.
+            tokio::select! {
+                biased;
+                flushed = self.stream.flush() => flushed?,
+                _ = self.idle.expired(false) => return Err(io::ErrorKind::TimedOut.into()),
+            }
+        }
         self.buf.advance(len);
         Ok(())
     }

@@ -13,6 +13,8 @@
 //! - [`proxy`] reads PROXY protocol headers from a load balancer;
 //!   [`metrics`] counts what happens and serves it to Prometheus.
 //! - [`udp`] is RFC 862 datagram echo with its reflection guards.
+//! - [`tls`] loads rustls configurations and lets TLS streams share the
+//!   echo loop.
 //! - [`systemd`] adopts socket-activated listeners and notifies readiness.
 //! - [`shutdown`] turns SIGINT/SIGTERM (Ctrl-C elsewhere) into the trigger.
 //! - [`client`] is the interactive `echo-client`; [`bench`] its load
@@ -34,6 +36,7 @@ pub mod proxy;
 pub mod server;
 pub mod shutdown;
 pub mod systemd;
+pub mod tls;
 pub mod udp;
 
 pub use codec::{EchoCodec, Framing};

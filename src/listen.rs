@@ -10,6 +10,8 @@ use crate::connection::EchoStream;
 /// A bound stream listener.
 pub enum Listener {
     Tcp(TcpListener),
+    /// TCP whose connections start with a TLS handshake.
+    Tls(TcpListener),
     #[cfg(unix)]
     Unix(UnixListener),
 }
@@ -17,6 +19,8 @@ pub enum Listener {
 /// An accepted connection.
 pub enum Stream {
     Tcp(TcpStream),
+    /// Accepted on a TLS listener; the handshake is still to come.
+    Tls(TcpStream),
     #[cfg(unix)]
     Unix(tokio::net::UnixStream),
 }
@@ -28,15 +32,18 @@ impl Listener {
             Listener::Tcp(listener) => listener
                 .local_addr()
                 .map_or_else(|_| "tcp listener".into(), |addr| addr.to_string()),
+            Listener::Tls(listener) => listener
+                .local_addr()
+                .map_or_else(|_| "tls listener".into(), |addr| format!("tls:{addr}")),
             #[cfg(unix)]
             Listener::Unix(listener) => format!("unix:{}", listener.path.display()),
         }
     }
 
-    /// The TCP address, with its real port.
+    /// The TCP address (plain or TLS), with its real port.
     pub fn tcp_addr(&self) -> Option<SocketAddr> {
         match self {
-            Listener::Tcp(listener) => listener.local_addr().ok(),
+            Listener::Tcp(listener) | Listener::Tls(listener) => listener.local_addr().ok(),
             #[cfg(unix)]
             Listener::Unix(_) => None,
         }
@@ -50,6 +57,10 @@ impl Listener {
             Listener::Tcp(listener) => {
                 let (stream, peer) = listener.accept().await?;
                 Ok((Stream::Tcp(stream), peer.to_string(), Some(peer.ip())))
+            }
+            Listener::Tls(listener) => {
+                let (stream, peer) = listener.accept().await?;
+                Ok((Stream::Tls(stream), peer.to_string(), Some(peer.ip())))
             }
             #[cfg(unix)]
             Listener::Unix(listener) => {

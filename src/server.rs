@@ -59,8 +59,21 @@ pub enum ServerError {
     BindMetrics { addr: SocketAddr, source: io::Error },
     #[error("cannot listen on udp:{addr}: {source}")]
     BindUdp { addr: SocketAddr, source: io::Error },
+    /// A TLS file cannot be used: a configuration error (exit 2).
+    #[error("{0}")]
+    Tls(#[from] crate::tls::TlsError),
     #[error("{0}")]
     Io(#[from] io::Error),
+}
+
+impl ServerError {
+    /// 2 for a configuration error found while starting, else 1.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            ServerError::Tls(_) => crate::EXIT_USAGE,
+            _ => crate::EXIT_FAILURE,
+        }
+    }
 }
 
 /// How a shutdown went.
@@ -78,6 +91,8 @@ pub struct Server {
     udp_addrs: Vec<SocketAddr>,
     /// The metrics exporter's listener and its address, when on.
     metrics: Option<(TcpListener, SocketAddr)>,
+    /// For `tls:` listeners.
+    tls: Option<tokio_rustls::TlsAcceptor>,
     config: Config,
 }
 
@@ -85,6 +100,17 @@ impl Server {
     /// Resolves and binds every listen address of `config`, then logs
     /// `listening on ADDR` once per listener with its real port.
     pub async fn bind(config: Config) -> Result<Server, ServerError> {
+        // TLS files are checked before any port is taken (exit 2).
+        let tls = if config.listen.iter().any(|e| matches!(e, Endpoint::Tls(_))) {
+            let mut warnings = Vec::new();
+            let tls = crate::tls::server_config(&config.tls, &mut warnings)?;
+            for warning in warnings {
+                warn!("{warning}");
+            }
+            Some(tokio_rustls::TlsAcceptor::from(tls))
+        } else {
+            None
+        };
         let mut listeners = Vec::new();
         let mut udp = Vec::new();
         let inherited = crate::systemd::inherited()?;
@@ -115,11 +141,14 @@ impl Server {
         }
         for endpoint in configured {
             match endpoint {
-                Endpoint::Tcp(listen) => {
+                Endpoint::Tcp(listen) | Endpoint::Tls(listen) => {
                     for addr in resolve(listen).await? {
                         let listener = bind_listener(addr, config.reuse_port)
                             .map_err(|source| ServerError::Bind { addr, source })?;
-                        listeners.push(Listener::Tcp(listener));
+                        listeners.push(match endpoint {
+                            Endpoint::Tls(_) => Listener::Tls(listener),
+                            _ => Listener::Tcp(listener),
+                        });
                     }
                 }
                 #[cfg(unix)]
@@ -178,6 +207,7 @@ impl Server {
             local_addrs,
             udp_addrs,
             metrics,
+            tls,
             config,
         })
     }
@@ -214,6 +244,8 @@ impl Server {
             },
             permits: Arc::new(Semaphore::new(self.config.max_connections)),
             proxy: self.config.proxy_protocol,
+            tls: self.tls,
+            tls_handshake_timeout: self.config.tls_handshake_timeout,
             // The header is the connection's first "frame": a balancer sends
             // it at once, so the frame timeout (else the idle one) bounds it.
             header_timeout: self.config.frame_timeout.or(self.config.idle_timeout),
@@ -387,6 +419,9 @@ struct Shared {
     tcp_nodelay: bool,
     /// Whether connections start with a PROXY protocol header.
     proxy: ProxyProtocol,
+    /// Accepts TLS on `tls:` listeners.
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    tls_handshake_timeout: Duration,
     /// How long the PROXY header may take; `None` = no limit.
     header_timeout: Option<Duration>,
     metrics: Option<Arc<Metrics>>,
@@ -596,16 +631,36 @@ async fn accept_loop(listener: Listener, shared: Arc<Shared>) {
                         debug!(%peer, %error, "cannot set TCP_NODELAY");
                     }
                 }
-                shared
-                    .connections
-                    .spawn(serve(stream, peer, (permit, ip_slot), shared.clone()))
+                shared.connections.spawn(serve(
+                    stream,
+                    peer,
+                    (permit, ip_slot),
+                    Transport::Plain,
+                    shared.clone(),
+                ))
+            }
+            Stream::Tls(stream) => {
+                if shared.tcp_nodelay {
+                    if let Err(error) = stream.set_nodelay(true) {
+                        debug!(%peer, %error, "cannot set TCP_NODELAY");
+                    }
+                }
+                shared.connections.spawn(serve(
+                    stream,
+                    peer,
+                    (permit, ip_slot),
+                    Transport::Tls,
+                    shared.clone(),
+                ))
             }
             #[cfg(unix)]
-            Stream::Unix(stream) => {
-                shared
-                    .connections
-                    .spawn(serve(stream, peer, (permit, ip_slot), shared.clone()))
-            }
+            Stream::Unix(stream) => shared.connections.spawn(serve(
+                stream,
+                peer,
+                (permit, ip_slot),
+                Transport::Plain,
+                shared.clone(),
+            )),
         };
     }
 }
@@ -643,17 +698,57 @@ fn admit(shared: &Arc<Shared>, ip: Option<IpAddr>, peer: &str) -> Result<Option<
     }
 }
 
+/// Whether a connection's bytes are the echo's, or TLS records around it.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Transport {
+    Plain,
+    Tls,
+}
+
 /// One connection's task: read its PROXY header when there is one, then
-/// echo until the connection ends or is cut, then log one line.
-async fn serve<S: EchoStream>(
-    mut stream: S,
+/// the TLS handshake on a TLS listener, then echo until the connection ends
+/// or is cut, then log one line.
+async fn serve<S: EchoStream + Send + 'static>(
+    stream: S,
     peer: String,
     (permit, ip_slot): (OwnedSemaphorePermit, Option<IpSlot>),
+    transport: Transport,
     shared: Arc<Shared>,
 ) {
-    if shared.proxy == ProxyProtocol::Off {
-        return echo_connection(stream, peer, (permit, ip_slot), shared).await;
+    // The plain path stays small: a task's allocation is as large as its
+    // largest state, so the PROXY header and TLS handshake states (over a
+    // kilobyte for rustls) are boxed rather than carried by every plain
+    // connection.
+    match (shared.proxy, transport) {
+        (ProxyProtocol::Off, Transport::Plain) => {
+            echo_connection(stream, peer, None, (permit, ip_slot), shared).await
+        }
+        (ProxyProtocol::Off, Transport::Tls) => {
+            Box::pin(secure(stream, peer, (permit, ip_slot), transport, shared)).await
+        }
+        _ => {
+            Box::pin(read_proxy_header(
+                stream,
+                peer,
+                (permit, ip_slot),
+                transport,
+                shared,
+            ))
+            .await
+        }
     }
+}
+
+/// The PROXY header, then the rest of the connection with the client it
+/// names.
+async fn read_proxy_header<S: EchoStream + Send + 'static>(
+    mut stream: S,
+    peer: String,
+    // The per-IP place is taken below, for the client the header names.
+    (permit, _none_yet): (OwnedSemaphorePermit, Option<IpSlot>),
+    transport: Transport,
+    shared: Arc<Shared>,
+) {
     let mut pending = BytesMut::new();
     let read = proxy::read_header(&mut stream, shared.proxy, &mut pending);
     let read = async {
@@ -698,21 +793,87 @@ async fn serve<S: EchoStream>(
         return;
     };
     let stream = proxy::Rewind::new(pending, stream);
-    echo_connection(stream, peer, (permit, ip_slot), shared).await
+    secure(stream, peer, (permit, ip_slot), transport, shared).await
+}
+
+/// The TLS handshake, on a TLS listener (bounded by the handshake timeout,
+/// so half-open handshakes cannot hold slots), then the echo.
+async fn secure<S: EchoStream + Send + 'static>(
+    stream: S,
+    peer: String,
+    slots: (OwnedSemaphorePermit, Option<IpSlot>),
+    transport: Transport,
+    shared: Arc<Shared>,
+) {
+    let acceptor = match (transport, &shared.tls) {
+        (Transport::Plain, _) => return echo_connection(stream, peer, None, slots, shared).await,
+        (Transport::Tls, Some(acceptor)) => acceptor.clone(),
+        (Transport::Tls, None) => unreachable!("TLS listeners are bound with an acceptor"),
+    };
+    let limit = shared.tls_handshake_timeout;
+    // (reason, routine): a client that vanished mid-handshake (a port
+    // scan, a health check, an aborted client) is logged at DEBUG.
+    let handshake = tokio::select! {
+        biased;
+        _ = shared.drain.cancelled() => Err(("server shutting down".to_owned(), true)),
+        handshake = tokio::time::timeout(limit, acceptor.accept(stream)) => match handshake {
+            Ok(Ok(stream)) => Ok(stream),
+            Ok(Err(error)) => {
+                let vanished = matches!(
+                    error.kind(),
+                    io::ErrorKind::ConnectionReset
+                        | io::ErrorKind::ConnectionAborted
+                        | io::ErrorKind::BrokenPipe
+                        | io::ErrorKind::UnexpectedEof
+                );
+                Err((error.to_string(), vanished))
+            }
+            Err(_) => Err((format!("not complete within {limit:?}"), false)),
+        },
+    };
+    match handshake {
+        Ok(stream) => {
+            let session = stream.get_ref().1;
+            let subject = crate::tls::peer_subject(session);
+            debug!(
+                %peer,
+                version = ?session.protocol_version(),
+                client_cert = subject.as_deref().unwrap_or("-"),
+                "TLS handshake with {peer} done"
+            );
+            echo_connection(stream, peer, subject, slots, shared).await
+        }
+        Err((reason, routine)) => {
+            if routine {
+                debug!(%peer, %reason, "TLS handshake with {peer} failed: {reason}");
+            } else {
+                info!(%peer, %reason, "TLS handshake with {peer} failed: {reason}");
+            }
+            if let Some(metrics) = &shared.metrics {
+                metrics.rejected(Rejection::TlsHandshake);
+            }
+        }
+    }
 }
 
 /// Echoes until the connection ends or is cut, then logs one line.
+/// `client_cert` is the subject of a verified TLS client certificate.
 async fn echo_connection<S: EchoStream>(
     mut stream: S,
     peer: String,
+    client_cert: Option<String>,
     _slots: (OwnedSemaphorePermit, Option<IpSlot>),
     shared: Arc<Shared>,
 ) {
     let opened = Instant::now();
-    debug!(%peer, "connection opened");
+    let client_cert = client_cert.as_deref();
+    match client_cert {
+        Some(subject) => debug!(%peer, client_cert = subject, "connection opened"),
+        None => debug!(%peer, "connection opened"),
+    }
     let mut stats = ConnectionStats::default();
     // Events inside the echo loop (TRACE `read`) name their connection.
-    let span = tracing::debug_span!(target: "echod::connection", "connection", %peer);
+    let span = tracing::debug_span!(target: "echod::connection", "connection", %peer, client_cert);
     // A child token per connection: waiting on it locks only its own state,
     // not one lock shared by every connection.
     let drain = shared.drain.child_token();
@@ -733,14 +894,21 @@ async fn echo_connection<S: EchoStream>(
     if let Some(metrics) = &shared.metrics {
         metrics.closed(&reason, lifetime);
     }
-    log_close(&peer, &reason, &stats, lifetime);
+    log_close(&peer, client_cert, &reason, &stats, lifetime);
 }
 
-fn log_close(peer: &str, reason: &CloseReason, stats: &ConnectionStats, lifetime: Duration) {
+fn log_close(
+    peer: &str,
+    client_cert: Option<&str>,
+    reason: &CloseReason,
+    stats: &ConnectionStats,
+    lifetime: Duration,
+) {
     macro_rules! close_event {
         ($level:ident) => {
             tracing::$level!(
                 %peer,
+                client_cert,
                 %reason,
                 bytes_received = stats.bytes_received,
                 bytes_echoed = stats.bytes_echoed,

@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use echod::{config, server, Config, EXIT_FAILURE, EXIT_USAGE};
+use echod::{config, server, Config, EXIT_USAGE};
 
 fn main() -> ExitCode {
     let args = config::ServerArgs::parse();
@@ -22,7 +22,7 @@ fn main() -> ExitCode {
         Ok(_report) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("echo-server: {error}");
-            ExitCode::from(EXIT_FAILURE)
+            ExitCode::from(error.exit_code())
         }
     }
 }

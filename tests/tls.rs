@@ -1,0 +1,708 @@
+//! TLS listeners, mutual TLS, the TLS client and bench, and interop with
+//! `openssl s_client`. Certificates are made here with rcgen; no key
+//! material is committed.
+
+mod common;
+
+use std::{
+    net::SocketAddr,
+    path::PathBuf,
+    process::{Command, Stdio},
+    time::Duration,
+};
+
+use common::{config, run_binary, ServerProcess, TestServer, PATIENCE};
+use echod::{config::Endpoint, tls::ClientTlsArgs, Config, Framing};
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair,
+};
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::TcpStream,
+};
+
+const SERVER: &str = env!("CARGO_BIN_EXE_echo-server");
+const CLIENT: &str = env!("CARGO_BIN_EXE_echo-client");
+
+/// A throwaway PKI in a temporary directory: a CA, a server certificate
+/// for localhost and 127.0.0.1, a client certificate, a second CA with
+/// its own client, and an expired server certificate.
+struct Pki {
+    dir: tempfile::TempDir,
+}
+
+impl Pki {
+    fn new() -> Pki {
+        let dir = tempfile::tempdir().unwrap();
+        let write = |name: &str, text: String| std::fs::write(dir.path().join(name), text).unwrap();
+
+        let ca = |name: &str| {
+            let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+            params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+            params.distinguished_name = DistinguishedName::new();
+            params.distinguished_name.push(DnType::CommonName, name);
+            let key = KeyPair::generate().unwrap();
+            let cert = params.self_signed(&key).unwrap();
+            (cert.pem(), Issuer::new(params, key))
+        };
+        let leaf = |issuer: &Issuer<KeyPair>,
+                    cn: &str,
+                    sans: Vec<String>,
+                    usage: ExtendedKeyUsagePurpose,
+                    expired: bool| {
+            let mut params = CertificateParams::new(sans).unwrap();
+            params.distinguished_name = DistinguishedName::new();
+            params.distinguished_name.push(DnType::CommonName, cn);
+            params
+                .distinguished_name
+                .push(DnType::OrganizationName, "echod tests");
+            params.extended_key_usages = vec![usage];
+            if expired {
+                params.not_before = rcgen::date_time_ymd(2020, 1, 1);
+                params.not_after = rcgen::date_time_ymd(2021, 1, 1);
+            }
+            let key = KeyPair::generate().unwrap();
+            let cert = params.signed_by(&key, issuer).unwrap();
+            (cert.pem(), key.serialize_pem())
+        };
+        let server_names = || vec!["localhost".to_owned(), "127.0.0.1".to_owned()];
+
+        let (ca_pem, ca_issuer) = ca("echod test CA");
+        write("ca.pem", ca_pem);
+        let (cert, key) = leaf(
+            &ca_issuer,
+            "localhost",
+            server_names(),
+            ExtendedKeyUsagePurpose::ServerAuth,
+            false,
+        );
+        write("server.pem", cert);
+        write("server-key.pem", key);
+        let (cert, key) = leaf(
+            &ca_issuer,
+            "client-1",
+            vec![],
+            ExtendedKeyUsagePurpose::ClientAuth,
+            false,
+        );
+        write("client.pem", cert);
+        write("client-key.pem", key);
+        let (cert, key) = leaf(
+            &ca_issuer,
+            "localhost",
+            server_names(),
+            ExtendedKeyUsagePurpose::ServerAuth,
+            true,
+        );
+        write("expired.pem", cert);
+        write("expired-key.pem", key);
+
+        let (other_pem, other_issuer) = ca("another CA");
+        write("other-ca.pem", other_pem);
+        let (cert, key) = leaf(
+            &other_issuer,
+            "intruder",
+            vec![],
+            ExtendedKeyUsagePurpose::ClientAuth,
+            false,
+        );
+        write("other-client.pem", cert);
+        write("other-client-key.pem", key);
+        Pki { dir }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    fn arg(&self, name: &str) -> String {
+        self.path(name).display().to_string()
+    }
+
+    /// A server config with a TLS listener on port 0.
+    fn server_config(&self) -> Config {
+        Config {
+            listen: vec![Endpoint::Tls("127.0.0.1:0".parse().unwrap())],
+            tls: echod::config::TlsFiles {
+                cert: Some(self.path("server.pem")),
+                key: Some(self.path("server-key.pem")),
+                client_ca: None,
+            },
+            ..config()
+        }
+    }
+
+    fn client_args(&self, ca: &str, client: Option<(&str, &str)>) -> ClientTlsArgs {
+        ClientTlsArgs {
+            tls_ca: Some(self.path(ca)),
+            tls_cert: client.map(|(cert, _)| self.path(cert)),
+            tls_key: client.map(|(_, key)| self.path(key)),
+            tls_server_name: None,
+            tls_insecure: false,
+        }
+    }
+}
+
+/// A TLS connection made with the client's own code.
+async fn tls_connect(
+    addr: SocketAddr,
+    args: &ClientTlsArgs,
+) -> std::io::Result<echod::tls::ClientStream<TcpStream>> {
+    let config = echod::tls::client_config(args).expect("client config");
+    let name = echod::tls::server_name(args, "localhost").unwrap();
+    let stream = TcpStream::connect(addr).await?;
+    echod::tls::connect(stream, config, name).await
+}
+
+/// Sends `input`, closes the TLS stream's sending side, returns all echoes.
+async fn tls_round_trip(
+    stream: echod::tls::ClientStream<TcpStream>,
+    input: Vec<u8>,
+) -> std::io::Result<Vec<u8>> {
+    let (mut reader, mut writer) = tokio::io::split(stream);
+    let writing = tokio::spawn(async move {
+        writer.write_all(&input).await?;
+        writer.shutdown().await?;
+        Ok::<_, std::io::Error>(writer)
+    });
+    let mut echoed = Vec::new();
+    let read = tokio::time::timeout(PATIENCE, reader.read_to_end(&mut echoed))
+        .await
+        .expect("echoes in time");
+    // A TCP close right after the last record (no close_notify read yet)
+    // still delivered every byte before it.
+    if let Err(error) = read {
+        if error.kind() != std::io::ErrorKind::UnexpectedEof {
+            return Err(error);
+        }
+    }
+    writing.await.unwrap()?;
+    Ok(echoed)
+}
+
+#[tokio::test]
+async fn every_framing_echoes_exactly_inside_tls_with_half_close() {
+    let pki = Pki::new();
+    let big: Vec<u8> = common::pattern(1 << 20, 7);
+    let lines: Vec<u8> = (0..20_000)
+        .flat_map(|i| format!("line {i}\r\n").into_bytes())
+        .collect();
+    let frames: Vec<u8> = (0..500)
+        .flat_map(|i| common::length_frame(&common::pattern(i * 7, i as u8)))
+        .collect();
+    for (framing, input) in [
+        (Framing::Lines, lines),
+        (Framing::Raw, big),
+        (Framing::Length, frames),
+    ] {
+        let server = TestServer::start(Config {
+            framing,
+            ..pki.server_config()
+        })
+        .await;
+        let stream = tls_connect(server.addr(), &pki.client_args("ca.pem", None))
+            .await
+            .unwrap();
+        let echoed = tls_round_trip(stream, input.clone()).await.unwrap();
+        assert!(
+            echoed == input,
+            "{framing}: {} of {} bytes",
+            echoed.len(),
+            input.len()
+        );
+        server.shutdown().await;
+    }
+}
+
+#[tokio::test]
+async fn the_frame_limit_applies_inside_tls() {
+    let pki = Pki::new();
+    let server = TestServer::start(Config {
+        max_frame_length: 16,
+        ..pki.server_config()
+    })
+    .await;
+    let stream = tls_connect(server.addr(), &pki.client_args("ca.pem", None))
+        .await
+        .unwrap();
+    let mut input = b"short\n".to_vec();
+    input.extend_from_slice(&[b'x'; 100]);
+    let echoed = tls_round_trip(stream, input).await.unwrap_or_default();
+    assert_eq!(echoed, b"short\n");
+    server.shutdown().await;
+}
+
+/// `openssl s_client`, installed by `.ci/run`; missing fails under CI.
+fn openssl() -> Option<&'static str> {
+    let found = Command::new("openssl")
+        .arg("version")
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|status| status.success());
+    if found {
+        return Some("openssl");
+    }
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "openssl is not installed (.ci/run installs it)"
+    );
+    eprintln!("skipping: openssl is not installed");
+    None
+}
+
+#[tokio::test]
+async fn openssl_s_client_echoes_a_line_through_mutual_tls() {
+    let Some(openssl) = openssl() else { return };
+    let pki = Pki::new();
+    let mut server = ServerProcess::spawn(
+        &[
+            "--listen",
+            "tls:127.0.0.1:0",
+            "--tls-cert",
+            &pki.arg("server.pem"),
+            "--tls-key",
+            &pki.arg("server-key.pem"),
+            "--tls-client-ca",
+            &pki.arg("ca.pem"),
+            "--log-level",
+            "debug",
+        ],
+        &[],
+    );
+    let addr = server.listening_tls().to_string();
+    let mut child = Command::new(openssl)
+        .args([
+            "s_client",
+            "-quiet",
+            "-verify_return_error",
+            "-connect",
+            &addr,
+        ])
+        .args([
+            "-CAfile",
+            &pki.arg("ca.pem"),
+            "-verify_hostname",
+            "localhost",
+        ])
+        .args([
+            "-cert",
+            &pki.arg("client.pem"),
+            "-key",
+            &pki.arg("client-key.pem"),
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn openssl");
+    let mut stdin = child.stdin.take().unwrap();
+    let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+    std::io::Write::write_all(&mut stdin, b"hello through openssl\n").unwrap();
+    let mut echoed = String::new();
+    let reader = std::thread::spawn(move || {
+        std::io::BufRead::read_line(&mut stdout, &mut echoed).map(|_| echoed)
+    });
+    let echoed = tokio::task::spawn_blocking(move || reader.join().unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    drop(stdin);
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(echoed, "hello through openssl\n");
+    let opened = server.wait_for("connection opened");
+    assert!(
+        opened.contains("CN=client-1"),
+        "the client certificate's subject is in the log: {opened}"
+    );
+}
+
+#[tokio::test]
+async fn a_plain_tcp_client_on_a_tls_port_fails_cleanly_and_others_are_served() {
+    let pki = Pki::new();
+    let mut server = ServerProcess::spawn(
+        &[
+            "--listen",
+            "tls:127.0.0.1:0",
+            "--tls-cert",
+            &pki.arg("server.pem"),
+            "--tls-key",
+            &pki.arg("server-key.pem"),
+        ],
+        &[],
+    );
+    server.wait_for("listening on tls:");
+    let addr = server.listening_tls();
+    let good = tls_connect(addr, &pki.client_args("ca.pem", None))
+        .await
+        .unwrap();
+    let mut plain = TcpStream::connect(addr).await.unwrap();
+    plain.write_all(b"hello in plain text\n").await.unwrap();
+    let mut reply = Vec::new();
+    let _ = tokio::time::timeout(PATIENCE, plain.read_to_end(&mut reply))
+        .await
+        .expect("the server closes the plain connection");
+    assert!(
+        !reply.windows(5).any(|w| w == b"hello"),
+        "plain text was echoed: {reply:?}"
+    );
+    let line = server.wait_for("TLS handshake with 127.0.0.1:");
+    assert!(line.contains("failed"), "{line}");
+    assert_eq!(
+        tls_round_trip(good, b"still served\n".to_vec())
+            .await
+            .unwrap(),
+        b"still served\n"
+    );
+}
+
+// The client binary runs blocking while the in-process server serves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_client_refuses_a_server_from_another_ca_and_an_expired_certificate() {
+    let pki = Pki::new();
+    let server = TestServer::start(pki.server_config()).await;
+    let addr = format!("tls:{}", server.addr());
+    let (code, stdout, stderr) = run_binary(
+        CLIENT,
+        &[&addr, "--tls-ca", &pki.arg("other-ca.pem")],
+        &[],
+        b"hi\n",
+    );
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stdout.is_empty());
+    assert!(stderr.contains("TLS handshake with"), "{stderr}");
+    assert!(stderr.contains("UnknownIssuer"), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    // The server keeps serving a client that trusts it.
+    let (code, stdout, stderr) = run_binary(
+        CLIENT,
+        &[&addr, "--tls-ca", &pki.arg("ca.pem")],
+        &[],
+        b"hi\n",
+    );
+    assert_eq!((code, stdout), (Some(0), b"hi\n".to_vec()), "{stderr}");
+    server.shutdown().await;
+
+    let expired = TestServer::start(Config {
+        tls: echod::config::TlsFiles {
+            cert: Some(pki.path("expired.pem")),
+            key: Some(pki.path("expired-key.pem")),
+            client_ca: None,
+        },
+        ..pki.server_config()
+    })
+    .await;
+    let (code, _, stderr) = run_binary(
+        CLIENT,
+        &[
+            &format!("tls:localhost:{}", expired.addr().port()),
+            "--tls-ca",
+            &pki.arg("ca.pem"),
+        ],
+        &[],
+        b"hi\n",
+    );
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("certificate expired"), "{stderr}");
+    expired.shutdown().await;
+}
+
+#[tokio::test]
+async fn mutual_tls_accepts_its_clients_and_refuses_others_at_the_handshake() {
+    let pki = Pki::new();
+    let mut server = ServerProcess::spawn(
+        &[
+            "--listen",
+            "tls:127.0.0.1:0",
+            "--tls-cert",
+            &pki.arg("server.pem"),
+            "--tls-key",
+            &pki.arg("server-key.pem"),
+            "--tls-client-ca",
+            &pki.arg("ca.pem"),
+            "--log-level",
+            "debug",
+            "--log-format",
+            "json",
+        ],
+        &[],
+    );
+    server.wait_for("listening on tls:");
+    let addr = server.listening_tls();
+    let target = format!("tls:{addr}");
+
+    let (code, stdout, stderr) = run_binary(
+        CLIENT,
+        &[
+            &target,
+            "--tls-ca",
+            &pki.arg("ca.pem"),
+            "--tls-cert",
+            &pki.arg("client.pem"),
+            "--tls-key",
+            &pki.arg("client-key.pem"),
+        ],
+        &[],
+        b"with a certificate\n",
+    );
+    assert_eq!(
+        (code, stdout),
+        (Some(0), b"with a certificate\n".to_vec()),
+        "{stderr}"
+    );
+    let closed = server.wait_for("closed: client closed");
+    assert!(
+        closed.contains(r#""client_cert":"CN=client-1, O=echod tests""#),
+        "{closed}"
+    );
+
+    // No certificate: TLS 1.3 finishes the client's side of the handshake
+    // before the server's verdict arrives, so the refusal shows on its
+    // first read.
+    let (code, stdout, stderr) = run_binary(
+        CLIENT,
+        &[&target, "--tls-ca", &pki.arg("ca.pem")],
+        &[],
+        b"none\n",
+    );
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stdout.is_empty());
+    assert!(stderr.contains("CertificateRequired"), "{stderr}");
+    let refused = server.wait_for("peer sent no certificates");
+    assert!(refused.contains(r#""peer":"127.0.0.1:"#), "{refused}");
+
+    // A certificate from another CA.
+    let (code, stdout, stderr) = run_binary(
+        CLIENT,
+        &[
+            &target,
+            "--tls-ca",
+            &pki.arg("ca.pem"),
+            "--tls-cert",
+            &pki.arg("other-client.pem"),
+            "--tls-key",
+            &pki.arg("other-client-key.pem"),
+        ],
+        &[],
+        b"intruder\n",
+    );
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stdout.is_empty());
+    let refused = server.wait_for("UnknownIssuer");
+    assert!(
+        refused.contains("TLS handshake with 127.0.0.1:"),
+        "{refused}"
+    );
+}
+
+#[tokio::test]
+async fn a_stalled_handshake_is_cut_at_the_handshake_timeout_and_frees_its_slot() {
+    let pki = Pki::new();
+    let server = TestServer::start(Config {
+        max_connections: 1,
+        tls_handshake_timeout: Duration::from_millis(300),
+        ..pki.server_config()
+    })
+    .await;
+    // Takes the only slot and never says hello.
+    let mut stalled = TcpStream::connect(server.addr()).await.unwrap();
+    let started = std::time::Instant::now();
+    let mut nothing = Vec::new();
+    tokio::time::timeout(PATIENCE, stalled.read_to_end(&mut nothing))
+        .await
+        .expect("closed at the handshake timeout")
+        .unwrap();
+    assert!(started.elapsed() >= Duration::from_millis(250));
+    let stream = tls_connect(server.addr(), &pki.client_args("ca.pem", None))
+        .await
+        .unwrap();
+    assert_eq!(
+        tls_round_trip(stream, b"my turn\n".to_vec()).await.unwrap(),
+        b"my turn\n"
+    );
+    server.shutdown().await;
+}
+
+#[test]
+fn unusable_tls_files_are_configuration_errors_at_start_up() {
+    let pki = Pki::new();
+    std::fs::write(pki.path("garbage.pem"), "not a certificate\n").unwrap();
+    let missing = pki.arg("missing.pem");
+    let cases: [(Vec<String>, &str); 5] = [
+        (vec![], "needs tls_cert and tls_key"),
+        (
+            vec![
+                "--tls-cert".into(),
+                missing.clone(),
+                "--tls-key".into(),
+                pki.arg("server-key.pem"),
+            ],
+            "missing.pem: cannot read",
+        ),
+        (
+            vec![
+                "--tls-cert".into(),
+                pki.arg("garbage.pem"),
+                "--tls-key".into(),
+                pki.arg("server-key.pem"),
+            ],
+            "garbage.pem: no PEM certificate",
+        ),
+        (
+            vec![
+                "--tls-cert".into(),
+                pki.arg("server.pem"),
+                "--tls-key".into(),
+                pki.arg("server.pem"),
+            ],
+            "no PEM private key",
+        ),
+        (
+            vec![
+                "--tls-cert".into(),
+                pki.arg("server.pem"),
+                "--tls-key".into(),
+                pki.arg("client-key.pem"),
+            ],
+            "the private key does not match the certificate",
+        ),
+    ];
+    for (extra, problem) in cases {
+        let mut args = vec!["--listen".to_owned(), "tls:127.0.0.1:0".to_owned()];
+        args.extend(extra);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let (code, _, stderr) = run_binary(SERVER, &args, &[], b"");
+        assert_eq!(code, Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains(problem), "{args:?}: {stderr}");
+        assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    }
+    // The handshake timeout must be positive.
+    let (code, _, stderr) = run_binary(SERVER, &["--tls-handshake-timeout", "0"], &[], b"");
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("--tls-handshake-timeout"), "{stderr}");
+}
+
+#[test]
+fn tls_insecure_says_so_loudly_and_the_client_needs_a_tls_address_for_tls_flags() {
+    let pki = Pki::new();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let server = runtime.block_on(TestServer::start(pki.server_config()));
+    let (code, stdout, stderr) = run_binary(
+        CLIENT,
+        &[&format!("tls:{}", server.addr()), "--tls-insecure"],
+        &[],
+        b"insecure\n",
+    );
+    assert_eq!(
+        (code, stdout),
+        (Some(0), b"insecure\n".to_vec()),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("WARNING") && stderr.contains("NOT verified"),
+        "{stderr}"
+    );
+    let (code, _, stderr) = run_binary(CLIENT, &["127.0.0.1:1", "--tls-insecure"], &[], b"");
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("tls:HOST:PORT"), "{stderr}");
+    runtime.block_on(server.shutdown());
+}
+
+// The client binary runs blocking while the in-process server serves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_bench_drives_tls_connections_and_handshakes() {
+    let pki = Pki::new();
+    let server = TestServer::start(pki.server_config()).await;
+    let target = format!("tls:{}", server.addr());
+    let ca = pki.arg("ca.pem");
+    for extra in [&["--pipeline", "8"][..], &["--reconnect"][..]] {
+        let mut args = vec![
+            "bench",
+            &target,
+            "--tls-ca",
+            &ca,
+            "--connections",
+            "4",
+            "--size",
+            "100",
+            "--duration",
+            "0.5",
+            "--warmup",
+            "0.1",
+            "--json",
+        ];
+        args.extend_from_slice(extra);
+        let (code, stdout, stderr) = run_binary(CLIENT, &args, &[], b"");
+        assert_eq!(code, Some(0), "{args:?}: {stderr}");
+        let report: serde_json::Value = serde_json::from_slice(&stdout).unwrap();
+        assert!(report["messages"].as_u64().unwrap() > 0, "{report}");
+        assert_eq!(report["mismatches"], 0, "{report}");
+        assert_eq!(report["errors"], 0, "{report}");
+    }
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn shutdown_echoes_every_tls_byte_received_before_it() {
+    let pki = Pki::new();
+    let mut server = TestServer::start(pki.server_config()).await;
+    let stream = tls_connect(server.addr(), &pki.client_args("ca.pem", None))
+        .await
+        .unwrap();
+    let fd = std::os::fd::AsRawFd::as_raw_fd(stream.get_ref().0);
+    let (mut reader, mut writer) = tokio::io::split(stream);
+    let input: Vec<u8> = (0..5_000)
+        .flat_map(|i| format!("before the signal {i}\n").into_bytes())
+        .collect();
+    writer.write_all(&input).await.unwrap();
+    writer.flush().await.unwrap();
+    // Read the first echo, so the server is known to be reading.
+    let mut first = vec![0u8; 20];
+    reader.read_exact(&mut first).await.unwrap();
+    // Every record has reached the server's kernel (acknowledged): it was
+    // received before the signal, so all of it must come back.
+    let deadline = std::time::Instant::now() + PATIENCE;
+    while unacknowledged(fd) > 0 {
+        assert!(std::time::Instant::now() < deadline, "never acknowledged");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    server.begin_shutdown();
+    let mut rest = Vec::new();
+    let _ = tokio::time::timeout(PATIENCE, reader.read_to_end(&mut rest))
+        .await
+        .expect("closed after the echoes");
+    first.extend_from_slice(&rest);
+    assert!(
+        first == input,
+        "{} of {} bytes echoed",
+        first.len(),
+        input.len()
+    );
+    assert_eq!(server.finished().await.cut, 0);
+}
+
+/// Bytes this socket sent that the peer has not acknowledged (SIOCOUTQ).
+fn unacknowledged(fd: std::os::fd::RawFd) -> usize {
+    let mut queued: libc::c_int = 0;
+    // SAFETY: TIOCOUTQ (= SIOCOUTQ) writes one int through the pointer.
+    let result = unsafe { libc::ioctl(fd, libc::TIOCOUTQ, &mut queued) };
+    assert_eq!(result, 0, "ioctl(SIOCOUTQ) failed");
+    queued as usize
+}
+
+/// Reads the TLS address from a server's `listening on tls:` line.
+trait ListeningTls {
+    fn listening_tls(&mut self) -> SocketAddr;
+}
+
+impl ListeningTls for ServerProcess {
+    fn listening_tls(&mut self) -> SocketAddr {
+        let line = self.wait_for("listening on tls:");
+        line.split("listening on tls:")
+            .nth(1)
+            .and_then(|rest| rest.split(|c: char| c.is_whitespace() || c == '"').next())
+            .and_then(|addr| addr.parse().ok())
+            .unwrap_or_else(|| panic!("no address in {line}"))
+    }
+}
