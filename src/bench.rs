@@ -59,6 +59,11 @@ pub struct BenchArgs {
     /// connections (or handshakes) per second.
     #[arg(long)]
     pub reconnect: bool,
+    /// tls: resume TLS sessions (tickets, IDs) when reconnecting, instead
+    /// of a full handshake (certificate signature and verification) every
+    /// time.
+    #[arg(long)]
+    pub tls_resume: bool,
     /// Load a UDP echo server: each connection is a socket, each message a
     /// datagram (--size includes an 8-byte sequence number).
     #[arg(long)]
@@ -149,7 +154,12 @@ impl Plan {
                 "--reconnect does not go with --udp or --chaos".into(),
             ));
         }
-        let tls = crate::client::tls_setup(&endpoint, &args.tls)?;
+        let mut tls = crate::client::tls_setup(&endpoint, &args.tls)?;
+        if let (Some(target), false) = (&mut tls, args.tls_resume) {
+            let mut config = (*target.config).clone();
+            config.resumption = rustls::client::Resumption::disabled();
+            target.config = std::sync::Arc::new(config);
+        }
         let framing: Framing = args.framing.parse().map_err(usage)?;
         if args.connections == 0 {
             return Err(usage("--connections: must be at least 1".into()));

@@ -133,6 +133,11 @@ pub trait EchoStream: AsyncRead + AsyncWrite + Unpin {
     /// system, not the runtime's last readiness event, which may lag behind:
     /// shutdown uses it to find every byte received before the signal.
     fn read_arrived(&mut self, buf: &mut BytesMut) -> io::Result<Option<usize>>;
+
+    /// True when written bytes may wait inside the stream until flushed
+    /// (TLS records); then the loop flushes after each batch. A plain
+    /// socket writes straight to the kernel and skips that step.
+    const NEEDS_FLUSH: bool = false;
 }
 
 impl EchoStream for tokio::net::TcpStream {
@@ -327,9 +332,7 @@ impl<S: EchoStream> Echo<'_, S> {
             }
             self.idle.touch();
         }
-        if len > 0 {
-            // A TLS stream may hold the last records until flushed; for a
-            // plain socket this returns at once.
+        if len > 0 && S::NEEDS_FLUSH {
             tokio::select! {
                 biased;
                 flushed = self.stream.flush() => flushed?,

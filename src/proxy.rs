@@ -313,6 +313,8 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Rewind<S> {
 }
 
 impl<S: EchoStream> EchoStream for Rewind<S> {
+    const NEEDS_FLUSH: bool = S::NEEDS_FLUSH;
+
     fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         if !self.prefix.is_empty() {
             return Poll::Ready(Ok(()));

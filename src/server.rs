@@ -838,6 +838,7 @@ async fn secure<S: EchoStream + Send + 'static>(
             debug!(
                 %peer,
                 version = ?session.protocol_version(),
+                kind = ?session.handshake_kind(),
                 client_cert = subject.as_deref().unwrap_or("-"),
                 "TLS handshake with {peer} done"
             );

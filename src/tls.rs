@@ -293,6 +293,9 @@ impl ServerCertVerifier for NoServerVerification {
 
 /// A TLS connection served by the echo loop.
 impl<IO: EchoStream> EchoStream for tokio_rustls::server::TlsStream<IO> {
+    /// A write may leave encrypted records in the session.
+    const NEEDS_FLUSH: bool = true;
+
     /// Always ready: decrypted bytes may wait inside the TLS session while
     /// the socket is quiet, so only a read can tell. (A read that has to
     /// wait still gives its buffer back to the pool.)

@@ -216,6 +216,45 @@ async fn every_framing_echoes_exactly_inside_tls_with_half_close() {
 }
 
 #[tokio::test]
+async fn echoes_written_under_backpressure_are_flushed_without_a_half_close() {
+    // The client does not close its side: it waits for every echo, and
+    // reads late through a small buffer. (A TLS write that meets a full
+    // socket can leave records in the session, which is why the loop
+    // flushes TLS streams after each batch; this test exercises that path
+    // but does not reliably reproduce the stall without the flush.)
+    let pki = Pki::new();
+    let server = TestServer::start(pki.server_config()).await;
+    // A small receive buffer, so the server's writes meet a full socket.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let tcp = socket.connect(server.addr()).await.unwrap();
+    let args = pki.client_args("ca.pem", None);
+    let config = echod::tls::client_config(&args).unwrap();
+    let name = echod::tls::server_name(&args, "localhost").unwrap();
+    let stream = echod::tls::connect(tcp, config, name).await.unwrap();
+    let (mut reader, mut writer) = tokio::io::split(stream);
+    let input: Vec<u8> = (0..200_000)
+        .flat_map(|i| format!("backpressure {i:>12}\n").into_bytes())
+        .collect();
+    let total = input.len();
+    let writing = tokio::spawn(async move {
+        writer.write_all(&input).await.unwrap();
+        writer.flush().await.unwrap();
+        (writer, input)
+    });
+    // Start reading late, so the server's writes meet a full socket.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut echoed = vec![0u8; total];
+    tokio::time::timeout(PATIENCE, reader.read_exact(&mut echoed))
+        .await
+        .expect("every echo arrives while the connection stays open")
+        .unwrap();
+    let (_writer, input) = writing.await.unwrap();
+    assert!(echoed == input);
+    server.shutdown().await;
+}
+
+#[tokio::test]
 async fn the_frame_limit_applies_inside_tls() {
     let pki = Pki::new();
     let server = TestServer::start(Config {
