@@ -383,6 +383,28 @@ impl<S: EchoStream> Echo<'_, S> {
     }
 }
 
+/// Closes a connection the server refuses before any echo (a bad PROXY
+/// header, a failed TLS handshake) the way the echo loop ends early: FIN,
+/// then what the client still sends is discarded until it closes, for at
+/// most [`LINGER`]. Dropping a socket with unread input sends a reset,
+/// and a reset can make the client's kernel drop the last thing the server
+/// sent it, such as the TLS alert that says why it was refused.
+pub async fn close_gently<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut S,
+    lingering: &AtomicUsize,
+) {
+    use tokio::io::AsyncReadExt;
+    if stream.shutdown().await.is_err() {
+        return;
+    }
+    let _lingering = LingerGuard::enter(lingering);
+    let mut discard = [0u8; 1024];
+    let _ = tokio::time::timeout(LINGER, async {
+        while let Ok(1..) = stream.read(&mut discard).await {}
+    })
+    .await;
+}
+
 /// Reads into `buf`, holding a buffer only while bytes are there: an
 /// empty buffer goes back to the pool whenever the read has to wait, so an
 /// idle connection (and a spurious readiness event, which a newly

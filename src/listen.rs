@@ -18,9 +18,9 @@ pub enum Listener {
 
 /// An accepted connection.
 pub enum Stream {
+    /// Plain TCP, or on a TLS listener the TCP connection under the
+    /// handshake still to come ([`Listener::is_tls`]).
     Tcp(TcpStream),
-    /// Accepted on a TLS listener; the handshake is still to come.
-    Tls(TcpStream),
     #[cfg(unix)]
     Unix(tokio::net::UnixStream),
 }
@@ -40,6 +40,11 @@ impl Listener {
         }
     }
 
+    /// Whether connections start with a TLS handshake.
+    pub fn is_tls(&self) -> bool {
+        matches!(self, Listener::Tls(_))
+    }
+
     /// The TCP address (plain or TLS), with its real port.
     pub fn tcp_addr(&self) -> Option<SocketAddr> {
         match self {
@@ -54,13 +59,9 @@ impl Listener {
     /// IP when it has one.
     pub async fn accept(&self) -> io::Result<(Stream, String, Option<std::net::IpAddr>)> {
         match self {
-            Listener::Tcp(listener) => {
+            Listener::Tcp(listener) | Listener::Tls(listener) => {
                 let (stream, peer) = listener.accept().await?;
                 Ok((Stream::Tcp(stream), peer.to_string(), Some(peer.ip())))
-            }
-            Listener::Tls(listener) => {
-                let (stream, peer) = listener.accept().await?;
-                Ok((Stream::Tls(stream), peer.to_string(), Some(peer.ip())))
             }
             #[cfg(unix)]
             Listener::Unix(listener) => {

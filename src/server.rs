@@ -625,6 +625,11 @@ async fn accept_loop(listener: Listener, shared: Arc<Shared>) {
         };
         match stream {
             Stream::Tcp(stream) => {
+                let transport = if listener.is_tls() {
+                    Transport::Tls
+                } else {
+                    Transport::Plain
+                };
                 // Echo replies are latency-bound: never hold one back for Nagle.
                 if shared.tcp_nodelay {
                     if let Err(error) = stream.set_nodelay(true) {
@@ -635,21 +640,7 @@ async fn accept_loop(listener: Listener, shared: Arc<Shared>) {
                     stream,
                     peer,
                     (permit, ip_slot),
-                    Transport::Plain,
-                    shared.clone(),
-                ))
-            }
-            Stream::Tls(stream) => {
-                if shared.tcp_nodelay {
-                    if let Err(error) = stream.set_nodelay(true) {
-                        debug!(%peer, %error, "cannot set TCP_NODELAY");
-                    }
-                }
-                shared.connections.spawn(serve(
-                    stream,
-                    peer,
-                    (permit, ip_slot),
-                    Transport::Tls,
+                    transport,
                     shared.clone(),
                 ))
             }
@@ -786,6 +777,9 @@ async fn read_proxy_header<S: EchoStream + Send + 'static>(
             if let Some(metrics) = &shared.metrics {
                 metrics.rejected(Rejection::ProxyHeader);
             }
+            if !matches!(error, HeaderError::Shutdown | HeaderError::Closed(_)) {
+                connection::close_gently(&mut stream, &shared.lingering).await;
+            }
             return;
         }
     };
@@ -811,27 +805,18 @@ async fn secure<S: EchoStream + Send + 'static>(
         (Transport::Tls, None) => unreachable!("TLS listeners are bound with an acceptor"),
     };
     let limit = shared.tls_handshake_timeout;
-    // (reason, routine): a client that vanished mid-handshake (a port
-    // scan, a health check, an aborted client) is logged at DEBUG.
     let handshake = tokio::select! {
         biased;
-        _ = shared.drain.cancelled() => Err(("server shutting down".to_owned(), true)),
-        handshake = tokio::time::timeout(limit, acceptor.accept(stream)) => match handshake {
-            Ok(Ok(stream)) => Ok(stream),
-            Ok(Err(error)) => {
-                let vanished = matches!(
-                    error.kind(),
-                    io::ErrorKind::ConnectionReset
-                        | io::ErrorKind::ConnectionAborted
-                        | io::ErrorKind::BrokenPipe
-                        | io::ErrorKind::UnexpectedEof
-                );
-                Err((error.to_string(), vanished))
+        _ = shared.drain.cancelled() => Err(("server shutting down".to_owned(), None)),
+        handshake = tokio::time::timeout(limit, acceptor.accept(stream).into_fallible()) => {
+            match handshake {
+                Ok(Ok(stream)) => Ok(stream),
+                Ok(Err((error, stream))) => Err((error.to_string(), Some((error.kind(), stream)))),
+                Err(_) => Err((format!("not complete within {limit:?}"), None)),
             }
-            Err(_) => Err((format!("not complete within {limit:?}"), false)),
-        },
+        }
     };
-    match handshake {
+    let (reason, failed) = match handshake {
         Ok(stream) => {
             let session = stream.get_ref().1;
             let subject = crate::tls::peer_subject(session);
@@ -842,18 +827,32 @@ async fn secure<S: EchoStream + Send + 'static>(
                 client_cert = subject.as_deref().unwrap_or("-"),
                 "TLS handshake with {peer} done"
             );
-            echo_connection(stream, peer, subject, slots, shared).await
+            return echo_connection(stream, peer, subject, slots, shared).await;
         }
-        Err((reason, routine)) => {
-            if routine {
-                debug!(%peer, %reason, "TLS handshake with {peer} failed: {reason}");
-            } else {
-                info!(%peer, %reason, "TLS handshake with {peer} failed: {reason}");
-            }
-            if let Some(metrics) = &shared.metrics {
-                metrics.rejected(Rejection::TlsHandshake);
-            }
-        }
+        Err(failure) => failure,
+    };
+    if let Some(metrics) = &shared.metrics {
+        metrics.rejected(Rejection::TlsHandshake);
+    }
+    // A client that vanished mid-handshake (a port scan, a health check, an
+    // aborted client) or a shutdown is routine: DEBUG.
+    let vanished = failed.as_ref().is_some_and(|(kind, _)| {
+        matches!(
+            kind,
+            io::ErrorKind::ConnectionReset
+                | io::ErrorKind::ConnectionAborted
+                | io::ErrorKind::BrokenPipe
+                | io::ErrorKind::UnexpectedEof
+        )
+    });
+    if vanished || shared.drain.is_cancelled() {
+        debug!(%peer, %reason, "TLS handshake with {peer} failed: {reason}");
+        return;
+    }
+    info!(%peer, %reason, "TLS handshake with {peer} failed: {reason}");
+    if let Some((_, mut stream)) = failed {
+        // Let the alert that says why reach the client.
+        connection::close_gently(&mut stream, &shared.lingering).await;
     }
 }
 

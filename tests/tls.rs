@@ -133,6 +133,24 @@ impl Pki {
         }
     }
 
+    /// The real binary with a TLS listener on port 0 (and `extra` flags),
+    /// and that listener's address.
+    fn spawn_server(&self, extra: &[&str]) -> (ServerProcess, SocketAddr) {
+        let (cert, key) = (self.arg("server.pem"), self.arg("server-key.pem"));
+        let mut args = vec![
+            "--listen",
+            "tls:127.0.0.1:0",
+            "--tls-cert",
+            &cert,
+            "--tls-key",
+            &key,
+        ];
+        args.extend_from_slice(extra);
+        let mut server = ServerProcess::spawn(&args, &[]);
+        let addr = server.listening_tls();
+        (server, addr)
+    }
+
     fn client_args(&self, ca: &str, client: Option<(&str, &str)>) -> ClientTlsArgs {
         ClientTlsArgs {
             tls_ca: Some(self.path(ca)),
@@ -294,22 +312,9 @@ fn openssl() -> Option<&'static str> {
 async fn openssl_s_client_echoes_a_line_through_mutual_tls() {
     let Some(openssl) = openssl() else { return };
     let pki = Pki::new();
-    let mut server = ServerProcess::spawn(
-        &[
-            "--listen",
-            "tls:127.0.0.1:0",
-            "--tls-cert",
-            &pki.arg("server.pem"),
-            "--tls-key",
-            &pki.arg("server-key.pem"),
-            "--tls-client-ca",
-            &pki.arg("ca.pem"),
-            "--log-level",
-            "debug",
-        ],
-        &[],
-    );
-    let addr = server.listening_tls().to_string();
+    let ca = pki.arg("ca.pem");
+    let (mut server, addr) = pki.spawn_server(&["--tls-client-ca", &ca, "--log-level", "debug"]);
+    let addr = addr.to_string();
     let mut child = Command::new(openssl)
         .args([
             "s_client",
@@ -360,19 +365,7 @@ async fn openssl_s_client_echoes_a_line_through_mutual_tls() {
 #[tokio::test]
 async fn a_plain_tcp_client_on_a_tls_port_fails_cleanly_and_others_are_served() {
     let pki = Pki::new();
-    let mut server = ServerProcess::spawn(
-        &[
-            "--listen",
-            "tls:127.0.0.1:0",
-            "--tls-cert",
-            &pki.arg("server.pem"),
-            "--tls-key",
-            &pki.arg("server-key.pem"),
-        ],
-        &[],
-    );
-    server.wait_for("listening on tls:");
-    let addr = server.listening_tls();
+    let (mut server, addr) = pki.spawn_server(&[]);
     let good = tls_connect(addr, &pki.client_args("ca.pem", None))
         .await
         .unwrap();
@@ -450,25 +443,15 @@ async fn the_client_refuses_a_server_from_another_ca_and_an_expired_certificate(
 #[tokio::test]
 async fn mutual_tls_accepts_its_clients_and_refuses_others_at_the_handshake() {
     let pki = Pki::new();
-    let mut server = ServerProcess::spawn(
-        &[
-            "--listen",
-            "tls:127.0.0.1:0",
-            "--tls-cert",
-            &pki.arg("server.pem"),
-            "--tls-key",
-            &pki.arg("server-key.pem"),
-            "--tls-client-ca",
-            &pki.arg("ca.pem"),
-            "--log-level",
-            "debug",
-            "--log-format",
-            "json",
-        ],
-        &[],
-    );
-    server.wait_for("listening on tls:");
-    let addr = server.listening_tls();
+    let ca = pki.arg("ca.pem");
+    let (mut server, addr) = pki.spawn_server(&[
+        "--tls-client-ca",
+        &ca,
+        "--log-level",
+        "debug",
+        "--log-format",
+        "json",
+    ]);
     let target = format!("tls:{addr}");
 
     let (code, stdout, stderr) = run_binary(
