@@ -527,7 +527,9 @@ impl Config {
             (None, cert, key) => {
                 if cert.is_some() || key.is_some() || self.tls.client_ca.is_some() {
                     warnings.push(
-                        "tls_cert, tls_key and tls_client_ca are unused: no tls: listener".into(),
+                        "tls_cert, tls_key and tls_client_ca are unused: no tls: listener \
+                         (unless socket activation passes a socket named tls)"
+                            .into(),
                     );
                 }
                 Ok(())

@@ -100,8 +100,18 @@ impl Server {
     /// Resolves and binds every listen address of `config`, then logs
     /// `listening on ADDR` once per listener with its real port.
     pub async fn bind(config: Config) -> Result<Server, ServerError> {
+        let mut listeners = Vec::new();
+        let mut udp = Vec::new();
+        let inherited = crate::systemd::inherited()?;
         // TLS files are checked before any port is taken (exit 2).
-        let tls = if config.listen.iter().any(|e| matches!(e, Endpoint::Tls(_))) {
+        let wants_tls = if inherited.is_empty() {
+            config.listen.iter().any(|e| matches!(e, Endpoint::Tls(_)))
+        } else {
+            inherited
+                .iter()
+                .any(|s| matches!(s, crate::systemd::Inherited::Tls(_)))
+        };
+        let tls = if wants_tls {
             let mut warnings = Vec::new();
             let tls = crate::tls::server_config(&config.tls, &mut warnings)?;
             for warning in warnings {
@@ -111,9 +121,6 @@ impl Server {
         } else {
             None
         };
-        let mut listeners = Vec::new();
-        let mut udp = Vec::new();
-        let inherited = crate::systemd::inherited()?;
         // Socket activation replaces every configured address, TCP and UDP.
         let activated = !inherited.is_empty();
         let (configured, configured_udp): (&[Endpoint], &[ListenAddr]) = if !activated {
@@ -129,6 +136,9 @@ impl Server {
             match socket {
                 crate::systemd::Inherited::Tcp(listener) => {
                     listeners.push(Listener::Tcp(TcpListener::from_std(listener)?))
+                }
+                crate::systemd::Inherited::Tls(listener) => {
+                    listeners.push(Listener::Tls(TcpListener::from_std(listener)?))
                 }
                 #[cfg(unix)]
                 crate::systemd::Inherited::Unix(listener) => listeners.push(Listener::Unix(

@@ -5,7 +5,9 @@
 //! the server then serves those instead of binding its `listen` list, so the
 //! ports stay open (clients wait in the backlog) across restarts. With
 //! `Type=notify` the server says `READY=1` once it serves and `STOPPING=1`
-//! when a shutdown starts (`sd_notify(3)`). Both come from the `sd-notify`
+//! when a shutdown starts (`sd_notify(3)`). A TCP socket named `tls`
+//! (`FileDescriptorName=tls`, passed as `LISTEN_FDNAMES`) is served as a
+//! `tls:` listener. Both come from the `sd-notify`
 //! crate; without systemd (no variables set) they do nothing. On platforms
 //! without systemd they are no-ops.
 
@@ -15,6 +17,9 @@ use std::io;
 #[derive(Debug)]
 pub enum Inherited {
     Tcp(std::net::TcpListener),
+    /// A TCP listener named `tls` (`FileDescriptorName=tls` in the socket
+    /// unit): served with TLS, using `tls_cert` and `tls_key`.
+    Tls(std::net::TcpListener),
     #[cfg(unix)]
     Unix(std::os::unix::net::UnixListener),
     Udp(std::net::UdpSocket),
@@ -28,7 +33,7 @@ pub fn inherited() -> io::Result<Vec<Inherited>> {
     use std::os::fd::FromRawFd;
 
     let mut sockets = Vec::new();
-    for fd in sd_notify::listen_fds()? {
+    for (fd, name) in sd_notify::listen_fds_with_names()? {
         // SAFETY: under the socket activation protocol the descriptors from
         // 3 to 3 + LISTEN_FDS belong to this process (LISTEN_PID is checked)
         // and nothing else in it has taken them; each is wrapped exactly once.
@@ -46,10 +51,11 @@ pub fn inherited() -> io::Result<Vec<Inherited>> {
             if !socket.is_listener()? {
                 return Err(bad("is a stream socket that is not listening"));
             }
-            if is_unix {
-                Inherited::Unix(socket.into())
-            } else {
-                Inherited::Tcp(socket.into())
+            match (is_unix, name.as_str()) {
+                (true, "tls") => return Err(bad("is named tls but is a Unix socket")),
+                (true, _) => Inherited::Unix(socket.into()),
+                (false, "tls") => Inherited::Tls(socket.into()),
+                (false, _) => Inherited::Tcp(socket.into()),
             }
         } else if kind == socket2::Type::DGRAM && !is_unix {
             Inherited::Udp(socket.into())

@@ -362,6 +362,52 @@ async fn openssl_s_client_echoes_a_line_through_mutual_tls() {
     );
 }
 
+/// Runs `openssl s_client` with `flags` against `addr`, sends one line and
+/// reads one line back (none if the handshake fails), then ends its input:
+/// (exit status success, the line read).
+fn s_client(openssl: &str, addr: SocketAddr, ca: &str, flags: &[&str]) -> (bool, String) {
+    let mut child = Command::new(openssl)
+        .args(["s_client", "-quiet", "-no_ign_eof", "-verify_return_error"])
+        .args(["-connect", &addr.to_string(), "-CAfile", ca])
+        .args(flags)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn openssl");
+    let mut stdin = child.stdin.take().unwrap();
+    std::io::Write::write_all(&mut stdin, b"which version\n").unwrap();
+    let mut echoed = String::new();
+    let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+    std::io::BufRead::read_line(&mut stdout, &mut echoed).unwrap();
+    // -no_ign_eof: the end of input ends the session.
+    drop(stdin);
+    (child.wait().unwrap().success(), echoed)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_1_2_and_1_3_are_served_and_tls_1_1_is_refused() {
+    let Some(openssl) = openssl() else { return };
+    let pki = Pki::new();
+    let (mut server, addr) = pki.spawn_server(&[]);
+    let ca = pki.arg("ca.pem");
+    for version in ["-tls1_2", "-tls1_3"] {
+        let (ok, echoed) = s_client(openssl, addr, &ca, &[version]);
+        assert!(ok, "{version}");
+        assert_eq!(echoed, "which version\n", "{version}");
+    }
+    // OpenSSL offers TLS 1.1 only at security level 0.
+    let (_, echoed) = s_client(
+        openssl,
+        addr,
+        &ca,
+        &["-tls1_1", "-cipher", "DEFAULT@SECLEVEL=0"],
+    );
+    assert_eq!(echoed, "", "TLS 1.1 was served");
+    let refused = server.wait_for("TLS handshake with 127.0.0.1:");
+    assert!(refused.contains("failed"), "{refused}");
+}
+
 #[tokio::test]
 async fn a_plain_tcp_client_on_a_tls_port_fails_cleanly_and_others_are_served() {
     let pki = Pki::new();
@@ -414,6 +460,17 @@ async fn the_client_refuses_a_server_from_another_ca_and_an_expired_certificate(
         b"hi\n",
     );
     assert_eq!((code, stdout), (Some(0), b"hi\n".to_vec()), "{stderr}");
+    // The name checked is --tls-server-name when given.
+    let ca = pki.arg("ca.pem");
+    let named = |name: &str| {
+        let args = [addr.as_str(), "--tls-ca", &ca, "--tls-server-name", name];
+        run_binary(CLIENT, &args, &[], b"named\n")
+    };
+    let (code, stdout, stderr) = named("localhost");
+    assert_eq!((code, stdout), (Some(0), b"named\n".to_vec()), "{stderr}");
+    let (code, _, stderr) = named("other.example");
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("not valid for name \"other.example\""), "{stderr}");
     server.shutdown().await;
 
     let expired = TestServer::start(Config {
@@ -702,6 +759,32 @@ async fn shutdown_echoes_every_tls_byte_received_before_it() {
         input.len()
     );
     assert_eq!(server.finished().await.cut, 0);
+}
+
+#[tokio::test]
+async fn a_socket_activated_listener_named_tls_serves_tls() {
+    let pki = Pki::new();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&listener);
+    let (cert, key) = (pki.arg("server.pem"), pki.arg("server-key.pem"));
+    let mut server = ServerProcess::spawn_via_shell(
+        r#"LISTEN_PID=$$ LISTEN_FDS=1 LISTEN_FDNAMES=tls exec "$0" "$@""#,
+        &["--tls-cert", &cert, "--tls-key", &key],
+        &[("PATH", "/usr/bin:/bin")],
+        |command, _| common::pass_as_fd3(command, fd),
+    );
+    drop(listener);
+    assert_eq!(server.listening_tls(), addr);
+    let stream = tls_connect(addr, &pki.client_args("ca.pem", None))
+        .await
+        .unwrap();
+    assert_eq!(
+        tls_round_trip(stream, b"activated and encrypted\n".to_vec())
+            .await
+            .unwrap(),
+        b"activated and encrypted\n"
+    );
 }
 
 /// Bytes this socket sent that the peer has not acknowledged (SIOCOUTQ).
