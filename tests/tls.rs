@@ -470,7 +470,10 @@ async fn the_client_refuses_a_server_from_another_ca_and_an_expired_certificate(
     assert_eq!((code, stdout), (Some(0), b"named\n".to_vec()), "{stderr}");
     let (code, _, stderr) = named("other.example");
     assert_eq!(code, Some(1), "{stderr}");
-    assert!(stderr.contains("not valid for name \"other.example\""), "{stderr}");
+    assert!(
+        stderr.contains("not valid for name \"other.example\""),
+        "{stderr}"
+    );
     server.shutdown().await;
 
     let expired = TestServer::start(Config {
