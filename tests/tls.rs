@@ -513,19 +513,19 @@ async fn mutual_tls_accepts_its_clients_and_refuses_others_at_the_handshake() {
         "json",
     ]);
     let target = format!("tls:{addr}");
+    // echo-client with the client certificate and key named, if any.
+    let client = |identity: Option<(&str, &str)>, input: &[u8]| {
+        let mut args = vec![target.clone(), "--tls-ca".into(), ca.clone()];
+        if let Some((cert, key)) = identity {
+            args.extend(["--tls-cert".into(), pki.arg(cert)]);
+            args.extend(["--tls-key".into(), pki.arg(key)]);
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        run_binary(CLIENT, &args, &[], input)
+    };
 
-    let (code, stdout, stderr) = run_binary(
-        CLIENT,
-        &[
-            &target,
-            "--tls-ca",
-            &pki.arg("ca.pem"),
-            "--tls-cert",
-            &pki.arg("client.pem"),
-            "--tls-key",
-            &pki.arg("client-key.pem"),
-        ],
-        &[],
+    let (code, stdout, stderr) = client(
+        Some(("client.pem", "client-key.pem")),
         b"with a certificate\n",
     );
     assert_eq!(
@@ -542,12 +542,7 @@ async fn mutual_tls_accepts_its_clients_and_refuses_others_at_the_handshake() {
     // No certificate: TLS 1.3 finishes the client's side of the handshake
     // before the server's verdict arrives, so the refusal shows on its
     // first read.
-    let (code, stdout, stderr) = run_binary(
-        CLIENT,
-        &[&target, "--tls-ca", &pki.arg("ca.pem")],
-        &[],
-        b"none\n",
-    );
+    let (code, stdout, stderr) = client(None, b"none\n");
     assert_eq!(code, Some(1), "{stderr}");
     assert!(stdout.is_empty());
     assert!(stderr.contains("CertificateRequired"), "{stderr}");
@@ -555,18 +550,8 @@ async fn mutual_tls_accepts_its_clients_and_refuses_others_at_the_handshake() {
     assert!(refused.contains(r#""peer":"127.0.0.1:"#), "{refused}");
 
     // A certificate from another CA.
-    let (code, stdout, stderr) = run_binary(
-        CLIENT,
-        &[
-            &target,
-            "--tls-ca",
-            &pki.arg("ca.pem"),
-            "--tls-cert",
-            &pki.arg("other-client.pem"),
-            "--tls-key",
-            &pki.arg("other-client-key.pem"),
-        ],
-        &[],
+    let (code, stdout, stderr) = client(
+        Some(("other-client.pem", "other-client-key.pem")),
         b"intruder\n",
     );
     assert_eq!(code, Some(1), "{stderr}");
