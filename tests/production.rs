@@ -146,6 +146,34 @@ async fn missing_malformed_and_wrong_version_headers_close_with_a_log_line_while
 }
 
 #[tokio::test]
+async fn unix_listeners_read_the_proxy_header_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("echod.sock");
+    let listen = format!("unix:{}", path.display());
+    let mut server = ServerProcess::spawn(
+        &[
+            "--listen",
+            &listen,
+            "--proxy-protocol",
+            "v2",
+            "--log-level",
+            "debug",
+        ],
+        &[],
+    );
+    server.wait_for("listening on unix:");
+    let mut stream = tokio::net::UnixStream::connect(&path).await.unwrap();
+    let mut input = v2_header("192.0.2.44:5555", "192.0.2.1:3600");
+    input.extend_from_slice(b"over a unix socket\n");
+    stream.write_all(&input).await.unwrap();
+    stream.shutdown().await.unwrap();
+    let mut echoed = Vec::new();
+    stream.read_to_end(&mut echoed).await.unwrap();
+    assert_eq!(echoed, b"over a unix socket\n");
+    server.wait_for("connection from 192.0.2.44:5555 closed: client closed");
+}
+
+#[tokio::test]
 async fn the_per_ip_limit_counts_the_client_in_the_header_not_the_balancer() {
     let server = TestServer::start(echod::Config {
         proxy_protocol: ProxyProtocol::V1,

@@ -750,6 +750,29 @@ async fn shutdown_echoes_every_tls_byte_received_before_it() {
 }
 
 #[tokio::test]
+async fn a_proxy_header_before_the_handshake_names_the_client() {
+    // HAProxy in TCP mode in front of a TLS listener: `send-proxy`, then the
+    // client's own TLS bytes, possibly in the same segment.
+    let pki = Pki::new();
+    let (mut server, addr) = pki.spawn_server(&["--proxy-protocol", "v1", "--log-level", "debug"]);
+    let mut tcp = TcpStream::connect(addr).await.unwrap();
+    tcp.write_all(b"PROXY TCP4 198.51.100.20 127.0.0.1 40404 443\r\n")
+        .await
+        .unwrap();
+    let args = pki.client_args("ca.pem", None);
+    let config = echod::tls::client_config(&args).unwrap();
+    let name = echod::tls::server_name(&args, "localhost").unwrap();
+    let stream = echod::tls::connect(tcp, config, name).await.unwrap();
+    assert_eq!(
+        tls_round_trip(stream, b"behind a balancer\n".to_vec())
+            .await
+            .unwrap(),
+        b"behind a balancer\n"
+    );
+    server.wait_for("connection from 198.51.100.20:40404 closed: client closed");
+}
+
+#[tokio::test]
 async fn a_socket_activated_listener_named_tls_serves_tls() {
     let pki = Pki::new();
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
