@@ -258,6 +258,18 @@ pub async fn read_header<S: AsyncRead + Unpin>(
     }
 }
 
+/// The v2 header a balancer sends for a TCP connection from `source` to
+/// `destination` (for clients and tests that stand in for one).
+pub fn v2_header(source: SocketAddr, destination: SocketAddr) -> Vec<u8> {
+    v2::Builder::with_addresses(
+        v2::Version::Two | v2::Command::Proxy,
+        v2::Protocol::Stream,
+        (source, destination),
+    )
+    .build()
+    .expect("a header of two socket addresses fits")
+}
+
 /// A stream with bytes already read from it put back in front.
 pub struct Rewind<S> {
     prefix: BytesMut,
@@ -338,18 +350,7 @@ mod tests {
     use super::*;
 
     fn v2_header(source: &str, destination: &str) -> Vec<u8> {
-        let addresses: v2::Addresses = (
-            source.parse::<SocketAddr>().unwrap(),
-            destination.parse::<SocketAddr>().unwrap(),
-        )
-            .into();
-        v2::Builder::with_addresses(
-            v2::Version::Two | v2::Command::Proxy,
-            v2::Protocol::Stream,
-            addresses,
-        )
-        .build()
-        .unwrap()
+        super::v2_header(source.parse().unwrap(), destination.parse().unwrap())
     }
 
     #[test]

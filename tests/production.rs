@@ -13,25 +13,13 @@ use std::{
 
 use common::{config, echo_once, ServerProcess, TestServer, PATIENCE};
 use echod::proxy::ProxyProtocol;
-use ppp::v2;
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::{TcpSocket, TcpStream},
 };
 
 fn v2_header(source: &str, destination: &str) -> Vec<u8> {
-    let addresses: v2::Addresses = (
-        source.parse::<SocketAddr>().unwrap(),
-        destination.parse::<SocketAddr>().unwrap(),
-    )
-        .into();
-    v2::Builder::with_addresses(
-        v2::Version::Two | v2::Command::Proxy,
-        v2::Protocol::Stream,
-        addresses,
-    )
-    .build()
-    .unwrap()
+    echod::proxy::v2_header(source.parse().unwrap(), destination.parse().unwrap())
 }
 
 /// Reads until the server closes; a reset counts as closed.
