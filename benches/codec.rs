@@ -1,7 +1,7 @@
 //! Codec throughput without sockets (bytes/s), per framing and frame size.
 //!
-//! - `server`: what the echo loop does per read — find the run of whole
-//!   frames (`complete_prefix`) and drop it from the buffer — over one
+//! - `server`: what the echo loop does per read — feed its `Framer`, take
+//!   the run of whole frames and drop it from the buffer — over one
 //!   contiguous buffer, and over the same bytes arriving in awkward pieces
 //!   (1,000 + 7 bytes, so frames straddle every read boundary).
 //! - `client`: what the client and bench do — encode each message, then
@@ -11,7 +11,7 @@ use std::hint::black_box;
 
 use bytes::{Buf, BytesMut};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use echod::{EchoCodec, Framing};
+use echod::{EchoCodec, Framer, Framing};
 use tokio_util::codec::{Decoder, Encoder};
 
 const TOTAL: usize = 1 << 20;
@@ -37,16 +37,17 @@ fn wire(size: usize, framing: Framing) -> Vec<u8> {
     wire.to_vec()
 }
 
-/// The server's loop over `pieces`: returns the bytes it would echo.
+/// The server's framer over `pieces`: returns the bytes it would echo.
 fn server_pass(codec: &EchoCodec, input: &[u8], piece: usize) -> usize {
+    let mut framer = Framer::new(*codec, false);
     let mut buf = BytesMut::with_capacity(2 * 65536 + piece);
     let mut echoed = 0;
     for chunk in input.chunks(piece) {
         buf.extend_from_slice(chunk);
-        let prefix = codec.complete_prefix(&buf, buf.len() - chunk.len());
-        assert!(prefix.error.is_none());
-        echoed += prefix.len;
-        buf.advance(prefix.len);
+        let batch = framer.feed(&buf);
+        assert!(batch.error.is_none());
+        echoed += batch.len;
+        buf.advance(batch.len);
     }
     echoed
 }

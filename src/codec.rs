@@ -4,11 +4,14 @@
 //! be unit-tested, fuzzed and benchmarked without sockets.
 //!
 //! The server does not need frames one by one: an echo of frames is the same
-//! bytes as the input. It asks [`EchoCodec::complete_prefix`] for the longest
-//! run of whole frames at the front of its buffer and writes that run back in
-//! one batch, which is what makes pipelined clients cheap. The client and the
-//! load generator, which do need individual frames, use the same rules through
-//! the [`Decoder`]/[`Encoder`] implementations.
+//! bytes as the input. Its [`Framer`] is fed the connection's buffer after
+//! each read and answers with the longest run of whole frames at its front,
+//! which the server writes back in one batch; that is what makes pipelined
+//! clients cheap. The framer keeps its own scan position, so a long frame
+//! that arrives in many small reads is not rescanned, and the echo loop, the
+//! property tests and the fuzzers all drive this one type. The client and
+//! the load generator, which do need individual frames, use the same rules
+//! through the [`Decoder`]/[`Encoder`] implementations of [`EchoCodec`].
 
 use std::{fmt, io, str::FromStr};
 
@@ -276,6 +279,106 @@ impl EchoCodec {
     }
 }
 
+/// What a [`Framer`] found in the buffer it was fed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Batch {
+    /// Bytes of whole, valid frames at the front: echo exactly these, then
+    /// drop them from the buffer before the next [`Framer::feed`].
+    pub len: usize,
+    /// How many frames those bytes hold (0 for raw; only counted when the
+    /// framer was made with counting on).
+    pub frames: u64,
+    /// The frame right after them is over the limit: close after echoing.
+    pub error: Option<FrameError>,
+}
+
+/// The server's framing state for one connection: the codec plus how much
+/// of the unfinished frame at the front of the buffer it has already
+/// searched. The caller owns the buffer; the framer owns the bookkeeping.
+#[derive(Clone, Debug)]
+pub struct Framer {
+    codec: EchoCodec,
+    /// Leading bytes of the buffer known to hold no frame end (see
+    /// [`EchoCodec::complete_prefix`]).
+    examined: usize,
+    count_frames: bool,
+}
+
+impl Framer {
+    /// `count_frames` adds a frame count to every batch (for metrics); it
+    /// costs a second pass over each batch, so it is off unless asked for.
+    pub fn new(codec: EchoCodec, count_frames: bool) -> Framer {
+        Framer {
+            codec,
+            examined: 0,
+            count_frames,
+        }
+    }
+
+    pub fn codec(&self) -> EchoCodec {
+        self.codec
+    }
+
+    /// Called with the whole buffer after bytes were appended to it. The
+    /// buffer starts on a frame boundary; the caller removes `batch.len`
+    /// bytes from its front before feeding again.
+    pub fn feed(&mut self, buf: &[u8]) -> Batch {
+        let prefix = self.codec.complete_prefix(buf, self.examined);
+        // What is left was examined and holds no frame end yet.
+        self.examined = buf.len() - prefix.len;
+        let frames = if self.count_frames {
+            self.codec.count_frames(&buf[..prefix.len])
+        } else {
+            0
+        };
+        Batch {
+            len: prefix.len,
+            frames,
+            error: prefix.error,
+        }
+    }
+
+    /// At end of input, what becomes of what is left in the buffer (all of
+    /// it an unfinished frame, after the last [`feed`](Self::feed)): a final
+    /// line without `\n` is a frame; a truncated length frame is not.
+    pub fn finish(&mut self, rest: &[u8]) -> Remainder {
+        self.examined = 0;
+        self.codec.remainder(rest)
+    }
+
+    /// The most input bytes a connection ever holds for an unfinished frame.
+    pub fn max_pending(&self) -> usize {
+        self.codec.max_pending()
+    }
+}
+
+/// Drives a [`Framer`] over `input` cut into `reads` the way the server's
+/// echo loop does (feed, echo the batch, drop it; at the end, finish), and
+/// returns what is echoed and whether an oversized frame ended it. For
+/// tests, benches and fuzzers, so that they exercise the one framer the
+/// server runs rather than a copy of its loop.
+pub fn echo_reads<'a>(
+    framer: &mut Framer,
+    reads: impl IntoIterator<Item = &'a [u8]>,
+) -> (Vec<u8>, Option<FrameError>) {
+    let (mut buf, mut echoed) = (Vec::new(), Vec::new());
+    for read in reads {
+        buf.extend_from_slice(read);
+        let batch = framer.feed(&buf);
+        echoed.extend(buf.drain(..batch.len));
+        if batch.error.is_some() {
+            return (echoed, batch.error);
+        }
+        assert!(
+            buf.len() <= framer.max_pending(),
+            "held more than the bound"
+        );
+    }
+    let remainder = framer.finish(&buf);
+    echoed.extend_from_slice(&buf[..remainder.echo]);
+    (echoed, None)
+}
+
 /// Yields whole frames as they are on the wire for `lines` and `raw`, and
 /// the payload (header stripped) for `length`.
 impl Decoder for EchoCodec {
@@ -351,29 +454,13 @@ mod tests {
         frame
     }
 
-    /// Feeds `input` in `chunks`, echoing what `complete_prefix` allows, the
-    /// way the server does; returns the echo and the first error.
+    /// Feeds `input` in `chunk`-byte reads through the server's framer.
     fn echo_in_chunks(
         codec: EchoCodec,
         input: &[u8],
         chunk: usize,
     ) -> (Vec<u8>, Option<FrameError>) {
-        let mut pending = Vec::new();
-        let mut echoed = Vec::new();
-        let mut examined = 0;
-        for piece in input.chunks(chunk.max(1)) {
-            pending.extend_from_slice(piece);
-            let prefix = codec.complete_prefix(&pending, examined);
-            echoed.extend(pending.drain(..prefix.len));
-            examined = pending.len();
-            if prefix.error.is_some() {
-                return (echoed, prefix.error);
-            }
-            assert!(pending.len() <= codec.max_pending(), "held too much input");
-        }
-        let remainder = codec.remainder(&pending);
-        echoed.extend_from_slice(&pending[..remainder.echo]);
-        (echoed, None)
+        echo_reads(&mut Framer::new(codec, false), input.chunks(chunk.max(1)))
     }
 
     #[test]

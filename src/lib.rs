@@ -1,45 +1,41 @@
-//! echod — an asynchronous TCP echo daemon, its client and load generator.
+//! echod — an asynchronous echo daemon, its client and load generator.
 //!
-//! How the pieces fit:
-//! - [`config`] builds the one [`Config`] from defaults, `config.toml`,
-//!   `ECHOD_*` variables and flags, and validates it once at start-up.
-//! - [`codec`] is the framing (`lines`, `raw`, `length`) as pure functions
-//!   over a byte buffer, shared by the server, the client and the bench.
-//! - [`server`] binds the listeners, runs one accept loop per listener,
-//!   bounds connections with a semaphore and drives graceful shutdown.
-//! - [`connection`] is the per-connection echo loop, generic over the stream:
-//!   read, write back every whole frame in one batch, repeat.
-//! - [`listen`] is the stream listeners: TCP and Unix domain sockets.
-//! - [`proxy`] reads PROXY protocol headers from a load balancer;
-//!   [`metrics`] counts what happens and serves it to Prometheus.
-//! - [`udp`] is RFC 862 datagram echo with its reflection guards.
-//! - [`tls`] loads rustls configurations and lets TLS streams share the
-//!   echo loop.
-//! - [`systemd`] adopts socket-activated listeners and notifies readiness.
-//! - [`shutdown`] turns SIGINT/SIGTERM (Ctrl-C elsewhere) into the trigger.
-//! - [`client`] is the interactive `echo-client`; [`bench`] its load
-//!   generator (`echo-client bench`).
+//! The layers, and the one direction their imports run (down):
 //!
-//! The binaries in `src/bin` only parse arguments, call into here and map
-//! errors to exit codes, so tests and benches drive the same code in-process.
+//! ```text
+//!   bin/echo-server          bin/echo-client       thin: parse, call, exit code
+//!        │                        │
+//!   server/                  client/               never import each other
+//!   bind · admission ·       connect · interactive ·
+//!   accept · session ·       bench/ · chaos
+//!   echo · shutdown · udp ·
+//!   proxy · systemd · metrics
+//!        │                        │
+//!   ─────┴──── shared bottom ─────┴─────
+//!   tls/      certificates; server and client configs
+//!   config/   one table of keys, layers, validation (pure data)
+//!   logging   tracing to stderr
+//!   stream    EchoStream and its impls; Rewind
+//!   addr      listen/connect addresses
+//!   codec     Framing + the Framer that owns its scan state
+//! ```
+//!
+//! A connection's life: a listener ([`server`]) accepts a byte stream, the
+//! admission guard gives it a connection permit and a per-IP slot, the
+//! session reads a PROXY header, does the TLS handshake, then runs the one
+//! echo loop, whose framing is [`codec::Framer`]. Tests, benches and fuzzers
+//! drive the same code in-process.
 
-pub mod bench;
-pub mod chaos;
+pub mod addr;
 pub mod client;
 pub mod codec;
 pub mod config;
-pub mod connection;
-pub mod listen;
 pub mod logging;
-pub mod metrics;
-pub mod proxy;
 pub mod server;
-pub mod shutdown;
-pub mod systemd;
+pub mod stream;
 pub mod tls;
-pub mod udp;
 
-pub use codec::{EchoCodec, Framing};
+pub use codec::{EchoCodec, Framer, Framing};
 pub use config::Config;
 pub use server::Server;
 

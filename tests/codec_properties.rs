@@ -5,30 +5,21 @@
 //! encoding valid input reproduces it byte for byte.
 
 use bytes::BytesMut;
-use echod::{EchoCodec, Framing};
+use echod::{codec, EchoCodec, Framer, Framing};
 use proptest::prelude::*;
 use tokio_util::codec::{Decoder, Encoder};
 
-/// The server's loop (see `connection.rs`), fed `input` cut at `cuts`.
+/// The server's own framer (as its echo loop drives it), fed `input` cut
+/// at `cuts`.
 fn server_echo(codec: EchoCodec, input: &[u8], cuts: &[usize]) -> (Vec<u8>, bool) {
     let mut points: Vec<usize> = cuts.iter().map(|c| c % (input.len() + 1)).collect();
     points.push(input.len());
     points.sort_unstable();
-    let (mut buf, mut echoed, mut examined, mut start) = (Vec::new(), Vec::new(), 0, 0);
-    for end in points {
-        buf.extend_from_slice(&input[start..end]);
-        start = end;
-        let prefix = codec.complete_prefix(&buf, examined);
-        echoed.extend(buf.drain(..prefix.len));
-        examined = buf.len();
-        if prefix.error.is_some() {
-            return (echoed, true);
-        }
-        assert!(buf.len() <= codec.max_pending(), "held more than the bound");
-    }
-    let remainder = codec.remainder(&buf);
-    echoed.extend_from_slice(&buf[..remainder.echo]);
-    (echoed, false)
+    let reads = points.iter().scan(0, |start, &end| {
+        Some(&input[std::mem::replace(start, end)..end])
+    });
+    let (echoed, error) = codec::echo_reads(&mut Framer::new(codec, false), reads);
+    (echoed, error.is_some())
 }
 
 /// What each framing should echo: (bytes, whether an oversized frame ended it).

@@ -12,14 +12,14 @@ use std::{
 };
 
 use common::{config, echo_once, ServerProcess, TestServer, PATIENCE};
-use echod::proxy::ProxyProtocol;
+use echod::config::ProxyProtocol;
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::{TcpSocket, TcpStream},
 };
 
 fn v2_header(source: &str, destination: &str) -> Vec<u8> {
-    echod::proxy::v2_header(source.parse().unwrap(), destination.parse().unwrap())
+    echod::server::proxy::v2_header(source.parse().unwrap(), destination.parse().unwrap())
 }
 
 /// Reads until the server closes; a reset counts as closed.

@@ -4,7 +4,7 @@
 //! nothing may panic.
 
 use bytes::BytesMut;
-use echod::{EchoCodec, Framing};
+use echod::{codec, EchoCodec, Framer, Framing};
 use tokio_util::codec::Decoder;
 
 pub fn check(framing: Framing, data: &[u8]) {
@@ -16,24 +16,10 @@ pub fn check(framing: Framing, data: &[u8]) {
     let input = &data[3..];
     let codec = EchoCodec::new(framing, limit);
 
-    // The server's loop, fed `step`-byte reads.
-    let (mut buf, mut echoed, mut examined, mut error) = (Vec::new(), Vec::new(), 0, false);
-    for chunk in input.chunks(step) {
-        buf.extend_from_slice(chunk);
-        let prefix = codec.complete_prefix(&buf, examined);
-        echoed.extend(buf.drain(..prefix.len));
-        examined = buf.len();
-        if prefix.error.is_some() {
-            error = true;
-            break;
-        }
-        assert!(buf.len() <= codec.max_pending(), "held more than the bound");
-    }
-    if !error {
-        let remainder = codec.remainder(&buf);
-        echoed.extend_from_slice(&buf[..remainder.echo]);
-    }
-    assert_eq!((echoed.as_slice(), error), model(framing, limit, input));
+    // The server's own framer, fed `step`-byte reads as its echo loop is.
+    let mut framer = Framer::new(codec, true);
+    let (echoed, error) = codec::echo_reads(&mut framer, input.chunks(step));
+    assert_eq!((echoed.as_slice(), error.is_some()), model(framing, limit, input));
 
     // The decoder yields the same frames (their wire bytes, for lines/raw).
     let mut decoder = codec;

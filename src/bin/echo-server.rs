@@ -2,7 +2,6 @@
 
 use std::process::ExitCode;
 
-use clap::Parser;
 use echod::{config, server, Config, EXIT_USAGE};
 
 fn main() -> ExitCode {

@@ -1,9 +1,6 @@
-//! The shutdown signal: what starts a graceful shutdown.
-//!
-//! Shutdown itself is two [`CancellationToken`]s owned by the server: `drain`
-//! (stop accepting, finish echoes, close) and `cut` (the grace deadline has
-//! passed; drop whatever is still open). This module turns operating-system
-//! signals into the future that triggers `drain`.
+//! Operating-system signals: what starts a graceful shutdown (SIGINT,
+//! SIGTERM; Ctrl-C elsewhere), and what cuts it short (the same, again).
+//! The shutdown itself is [`super::shutdown`]'s.
 
 use std::io;
 
@@ -37,8 +34,8 @@ impl Signals {
         }
     }
 
-    /// Resolves at the first signal, with its name for the log.
-    pub async fn recv(mut self) -> &'static str {
+    /// Resolves at the next signal, with its name for the log.
+    pub async fn recv(&mut self) -> &'static str {
         #[cfg(unix)]
         {
             tokio::select! {

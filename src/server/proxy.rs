@@ -6,73 +6,23 @@
 //! with a header naming the real client; [`read_header`] reads it before the
 //! echo starts (it is never echoed), and the server uses the client's
 //! `IP:PORT` in its logs, limits and metrics. Bytes that arrived behind the
-//! header are handed to the echo loop through [`Rewind`], so none is lost.
+//! header are handed to the echo loop through [`crate::stream::Rewind`], so none is lost.
 
 use std::{
-    fmt, io,
+    io,
     net::{IpAddr, SocketAddr},
-    pin::Pin,
-    str::FromStr,
-    task::{Context, Poll},
 };
 
 use bytes::{Buf, BytesMut};
 use ppp::{v1, v2, HeaderResult};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::AsyncRead;
 
-use crate::connection::EchoStream;
+pub use crate::config::ProxyProtocol;
 
 /// Longest v1 header, CRLF included (the spec's 107 bytes).
 const V1_MAX: usize = 107;
 /// Longest v2 header: 16 fixed bytes and a 16-bit length of addresses and TLVs.
 const V2_MAX: usize = 16 + u16::MAX as usize;
-
-/// Which PROXY protocol header, if any, starts every stream connection.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum ProxyProtocol {
-    /// No header: the socket's peer is the client.
-    #[default]
-    Off,
-    /// The text header (`PROXY TCP4 …\r\n`, HAProxy `send-proxy`).
-    V1,
-    /// The binary header (HAProxy `send-proxy-v2`).
-    V2,
-    /// Either version; a header is still required.
-    Any,
-}
-
-impl ProxyProtocol {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ProxyProtocol::Off => "off",
-            ProxyProtocol::V1 => "v1",
-            ProxyProtocol::V2 => "v2",
-            ProxyProtocol::Any => "any",
-        }
-    }
-}
-
-impl FromStr for ProxyProtocol {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s.trim() {
-            "off" => Ok(ProxyProtocol::Off),
-            "v1" => Ok(ProxyProtocol::V1),
-            "v2" => Ok(ProxyProtocol::V2),
-            "any" => Ok(ProxyProtocol::Any),
-            _ => Err(format!(
-                "unknown PROXY protocol setting {s:?} (expected off, v1, v2 or any)"
-            )),
-        }
-    }
-}
-
-impl fmt::Display for ProxyProtocol {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
 
 /// Why a connection's PROXY header was refused.
 #[derive(Debug, thiserror::Error)]
@@ -121,8 +71,11 @@ pub struct Header {
 /// Looks for a complete header at the start of `input`: `Ok(None)` when more
 /// bytes are needed.
 pub fn parse(mode: ProxyProtocol, input: &[u8]) -> Result<Option<Header>, HeaderError> {
-    let got = sniff(input);
-    let wrong = |expected| HeaderError::WrongVersion { expected, got };
+    let got = Start::of(input);
+    let wrong = |expected| HeaderError::WrongVersion {
+        expected,
+        got: got.label(),
+    };
     let result = match (mode, got) {
         (ProxyProtocol::Off, _) => {
             return Ok(Some(Header {
@@ -130,10 +83,10 @@ pub fn parse(mode: ProxyProtocol, input: &[u8]) -> Result<Option<Header>, Header
                 len: 0,
             }))
         }
-        (_, "nothing yet") => return Ok(None),
-        (ProxyProtocol::V1, "a v2 header") => return Err(wrong("v1")),
-        (ProxyProtocol::V2, "a v1 header") => return Err(wrong("v2")),
-        (_, "no header") => {
+        (_, Start::NothingYet) => return Ok(None),
+        (ProxyProtocol::V1, Start::V2) => return Err(wrong("v1")),
+        (ProxyProtocol::V2, Start::V1) => return Err(wrong("v2")),
+        (_, Start::NoHeader) => {
             let start = String::from_utf8_lossy(&input[..input.len().min(16)]).into_owned();
             return Err(HeaderError::Missing(start));
         }
@@ -141,12 +94,12 @@ pub fn parse(mode: ProxyProtocol, input: &[u8]) -> Result<Option<Header>, Header
         // header (a cut right after a space reads as a bad port), so
         // completeness is decided here, by the spec's framing, and ppp
         // parses only whole headers.
-        (_, "a v1 header") => match memchr::memmem::find(input, b"\r\n") {
+        (_, Start::V1) => match memchr::memmem::find(input, b"\r\n") {
             Some(end) => HeaderResult::V1(v1::Header::try_from(&input[..end + 2])),
             None if input.len() < V1_MAX => return Ok(None),
             None => HeaderResult::V1(v1::Header::try_from(input)),
         },
-        _ => {
+        (_, Start::V2) => {
             let Some(length) = input.get(14..16) else {
                 return Ok(None);
             };
@@ -193,28 +146,51 @@ pub fn parse(mode: ProxyProtocol, input: &[u8]) -> Result<Option<Header>, Header
     }
 }
 
-/// Which header `input` starts with, judged on its first bytes.
-fn sniff(input: &[u8]) -> &'static str {
-    let starts = |signature: &[u8]| {
-        let n = input.len().min(signature.len());
-        input[..n] == signature[..n]
-    };
-    if input.is_empty() {
-        "nothing yet"
-    } else if starts(v2::PROTOCOL_PREFIX) {
-        if input.len() < v2::PROTOCOL_PREFIX.len() {
-            "nothing yet"
-        } else {
-            "a v2 header"
+/// How a connection starts, judged on its first bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Start {
+    /// Too few bytes to tell.
+    NothingYet,
+    V1,
+    V2,
+    /// Not a PROXY header at all.
+    NoHeader,
+}
+
+impl Start {
+    fn of(input: &[u8]) -> Start {
+        let starts = |signature: &[u8]| {
+            let n = input.len().min(signature.len());
+            input[..n] == signature[..n]
+        };
+        match input.len() {
+            0 => Start::NothingYet,
+            n if starts(v2::PROTOCOL_PREFIX) => {
+                if n < v2::PROTOCOL_PREFIX.len() {
+                    Start::NothingYet
+                } else {
+                    Start::V2
+                }
+            }
+            n if starts(b"PROXY ") => {
+                if n < 6 {
+                    Start::NothingYet
+                } else {
+                    Start::V1
+                }
+            }
+            _ => Start::NoHeader,
         }
-    } else if starts(b"PROXY ") {
-        if input.len() < 6 {
-            "nothing yet"
-        } else {
-            "a v1 header"
+    }
+
+    /// What error messages call it.
+    fn label(self) -> &'static str {
+        match self {
+            Start::NothingYet => "nothing yet",
+            Start::V1 => "a v1 header",
+            Start::V2 => "a v2 header",
+            Start::NoHeader => "no header",
         }
-    } else {
-        "no header"
     }
 }
 
@@ -268,81 +244,6 @@ pub fn v2_header(source: SocketAddr, destination: SocketAddr) -> Vec<u8> {
     )
     .build()
     .expect("a header of two socket addresses fits")
-}
-
-/// A stream with bytes already read from it put back in front.
-pub struct Rewind<S> {
-    prefix: BytesMut,
-    inner: S,
-}
-
-impl<S> Rewind<S> {
-    pub fn new(prefix: BytesMut, inner: S) -> Self {
-        Rewind { prefix, inner }
-    }
-}
-
-impl<S: AsyncRead + Unpin> AsyncRead for Rewind<S> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        if !self.prefix.is_empty() {
-            let n = self.prefix.len().min(buf.remaining());
-            buf.put_slice(&self.prefix[..n]);
-            self.prefix.advance(n);
-            return Poll::Ready(Ok(()));
-        }
-        Pin::new(&mut self.inner).poll_read(cx, buf)
-    }
-}
-
-impl<S: AsyncWrite + Unpin> AsyncWrite for Rewind<S> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
-    }
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
-    }
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
-}
-
-impl<S: EchoStream> EchoStream for Rewind<S> {
-    const NEEDS_FLUSH: bool = S::NEEDS_FLUSH;
-
-    fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        if !self.prefix.is_empty() {
-            return Poll::Ready(Ok(()));
-        }
-        self.inner.poll_read_ready(cx)
-    }
-
-    fn read_arrived(&mut self, buf: &mut BytesMut) -> io::Result<Option<usize>> {
-        if !self.prefix.is_empty() {
-            let n = self.prefix.len();
-            buf.extend_from_slice(&self.prefix);
-            self.prefix.clear();
-            return Ok(Some(n));
-        }
-        self.inner.read_arrived(buf)
-    }
 }
 
 #[cfg(test)]

@@ -11,7 +11,7 @@
 //! text): one request per connection, bounded in size and time, on its own
 //! listener, so a scraper cannot disturb the echo listeners.
 
-use std::{io, net::SocketAddr, sync::Arc, time::Duration};
+use std::{io, sync::Arc, time::Duration};
 
 use prometheus_client::{
     metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
@@ -21,76 +21,13 @@ use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::{TcpListener, TcpStream},
 };
-use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
-use crate::{connection::CloseReason, udp::DropReason};
-
-/// Why a connection was refused after it was accepted.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Rejection {
-    /// Over `max_connections_per_ip`.
-    PerIpLimit,
-    /// No valid PROXY protocol header.
-    ProxyHeader,
-    /// The TLS handshake failed or timed out.
-    TlsHandshake,
-}
-
-impl Rejection {
-    const ALL: [Rejection; 3] = [
-        Rejection::PerIpLimit,
-        Rejection::ProxyHeader,
-        Rejection::TlsHandshake,
-    ];
-
-    fn label(self) -> &'static str {
-        match self {
-            Rejection::PerIpLimit => "per_ip_limit",
-            Rejection::ProxyHeader => "proxy_header",
-            Rejection::TlsHandshake => "tls_handshake",
-        }
-    }
-}
-
-/// The label of each [`CloseReason`], in `close_label` order.
-const CLOSE_LABELS: [&str; 7] = [
-    "client_closed",
-    "idle_timeout",
-    "frame_timeout",
-    "frame_too_long",
-    "shutdown",
-    "cut",
-    "error",
-];
-
-fn close_index(reason: &CloseReason) -> usize {
-    match reason {
-        CloseReason::ClientClosed => 0,
-        CloseReason::IdleTimeout => 1,
-        CloseReason::FrameTimeout => 2,
-        CloseReason::FrameTooLong(_) => 3,
-        CloseReason::Shutdown => 4,
-        CloseReason::Cut => 5,
-        CloseReason::Error(_) => 6,
-    }
-}
-
-const DROP_REASONS: [DropReason; 4] = [
-    DropReason::PrivilegedSourcePort,
-    DropReason::SourceRate,
-    DropReason::GlobalRate,
-    DropReason::TooManySources,
-];
-
-fn drop_label(reason: DropReason) -> &'static str {
-    match reason {
-        DropReason::PrivilegedSourcePort => "privileged_source_port",
-        DropReason::SourceRate => "source_rate",
-        DropReason::GlobalRate => "global_rate",
-        DropReason::TooManySources => "too_many_sources",
-    }
-}
+pub use super::reason::Rejection;
+use super::{
+    reason::{CloseReason, DropReason},
+    shutdown::Shutdown,
+};
 
 type Labels = [(&'static str, &'static str); 1];
 
@@ -109,10 +46,10 @@ pub struct Metrics {
     connections_open: Gauge,
     connections_total: Counter,
     rejected: [Counter; Rejection::ALL.len()],
-    closed: [Counter; CLOSE_LABELS.len()],
+    closed: [Counter; CloseReason::LABELS.len()],
     duration: Histogram,
     udp_echoed: Counter,
-    udp_dropped: [Counter; DROP_REASONS.len()],
+    udp_dropped: [Counter; DropReason::ALL.len()],
 }
 
 impl Metrics {
@@ -198,10 +135,10 @@ impl Metrics {
             connections_open,
             connections_total,
             rejected: Rejection::ALL.map(|r| series(&rejected_family, "reason", r.label())),
-            closed: CLOSE_LABELS.map(|label| series(&closed_family, "reason", label)),
+            closed: CloseReason::LABELS.map(|label| series(&closed_family, "reason", label)),
             duration,
             udp_echoed,
-            udp_dropped: DROP_REASONS.map(|r| series(&udp_family, "reason", drop_label(r))),
+            udp_dropped: DropReason::ALL.map(|r| series(&udp_family, "reason", r.label())),
         }
     }
 
@@ -211,15 +148,20 @@ impl Metrics {
         self.connections_open.inc();
     }
 
-    /// A connection refused after it was accepted (it was counted opened).
-    pub fn rejected(&self, why: Rejection) {
+    /// An accepted connection is gone (refused or closed); called from its
+    /// admission guard's `Drop`, so the gauge comes down whatever happened.
+    pub fn departed(&self) {
         self.connections_open.dec();
+    }
+
+    /// A connection refused after it was accepted.
+    pub fn rejected(&self, why: Rejection) {
         self.rejected[why as usize].inc();
     }
 
+    /// A served connection closed, and why.
     pub fn closed(&self, reason: &CloseReason, lifetime: Duration) {
-        self.connections_open.dec();
-        self.closed[close_index(reason)].inc();
+        self.closed[reason.index()].inc();
         self.duration.observe(lifetime.as_secs_f64());
     }
 
@@ -228,8 +170,7 @@ impl Metrics {
     }
 
     pub fn udp_dropped(&self, reason: DropReason) {
-        let index = DROP_REASONS.iter().position(|r| *r == reason).unwrap_or(0);
-        self.udp_dropped[index].inc();
+        self.udp_dropped[reason as usize].inc();
     }
 
     /// The exposition in OpenMetrics text format.
@@ -241,12 +182,6 @@ impl Metrics {
     }
 }
 
-/// Binds the exporter's listener (at start-up, so a busy port is an error
-/// before anything is served).
-pub async fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
-    TcpListener::bind(addr).await
-}
-
 /// Longest request head the exporter reads.
 const MAX_REQUEST: usize = 8 * 1024;
 /// How long a scraper may take to send its request.
@@ -254,13 +189,13 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// Scrapes served at once; more wait in the backlog.
 const MAX_SCRAPES: usize = 16;
 
-/// Serves `GET /metrics` until `drain` is cancelled.
-pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, drain: CancellationToken) {
+/// Serves `GET /metrics` until the shutdown drains.
+pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, shutdown: Shutdown) {
     let scrapes = Arc::new(tokio::sync::Semaphore::new(MAX_SCRAPES));
     loop {
         let permit = tokio::select! {
             biased;
-            _ = drain.cancelled() => return,
+            _ = shutdown.draining() => return,
             permit = scrapes.clone().acquire_owned() => match permit {
                 Ok(permit) => permit,
                 Err(_) => return,
@@ -268,7 +203,7 @@ pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, drain: Cancella
         };
         let accepted = tokio::select! {
             biased;
-            _ = drain.cancelled() => return,
+            _ = shutdown.draining() => return,
             accepted = listener.accept() => accepted,
         };
         match accepted {

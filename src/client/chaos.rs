@@ -132,13 +132,6 @@ impl Chaos {
     }
 }
 
-fn next(rng: &mut u64) -> u64 {
-    *rng ^= *rng << 13;
-    *rng ^= *rng >> 7;
-    *rng ^= *rng << 17;
-    *rng
-}
-
 /// Reads until the server closes (EOF or reset) or `limit` passes;
 /// returns what was read and whether the server closed.
 async fn read_until_closed(stream: &mut TcpStream, limit: Duration) -> (Vec<u8>, bool) {
@@ -236,13 +229,13 @@ async fn abuse(
         }
         _ => {
             // half_close: lines of up to 1 KiB, cut at a random point.
-            let len = 1 + (next(rng) % 8192) as usize;
+            let len = 1 + (super::rng::next(rng) % 8192) as usize;
             let sent: Vec<u8> = (0..len)
                 .map(|i| {
-                    if next(rng) % 64 == 0 || i % 1024 == 1023 {
+                    if super::rng::next(rng) % 64 == 0 || i % 1024 == 1023 {
                         b'\n'
                     } else {
-                        b'a' + (next(rng) % 26) as u8
+                        b'a' + (super::rng::next(rng) % 26) as u8
                     }
                 })
                 .collect();

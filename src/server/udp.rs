@@ -14,57 +14,38 @@
 
 use std::{
     collections::HashMap,
-    io,
     net::{IpAddr, SocketAddr},
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
 use tokio::net::UdpSocket;
-use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
-use crate::config::UdpLimits;
+use super::{metrics::Metrics, reason::DropReason, shutdown::Shutdown};
+use crate::{addr::UDP_RECEIVE_BUFFER, config::UdpLimits};
 
-/// Largest UDP payload over IPv4 (65,535 − 8 UDP − 20 IP header bytes); the
-/// receive buffer also holds IPv6's 65,527.
-pub const MAX_DATAGRAM: usize = 65_536;
 /// Sources tracked at once; beyond this, new sources get no reply until
 /// idle ones are pruned.
 pub const MAX_SOURCES: usize = 65_536;
 /// How often drop counts are logged (when there were drops).
 pub const DROP_REPORT_INTERVAL: Duration = Duration::from_secs(10);
 
-/// Why a datagram got no reply.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DropReason {
-    PrivilegedSourcePort,
-    SourceRate,
-    GlobalRate,
-    TooManySources,
-}
-
-/// DropReason counts by reason.
+/// Datagrams dropped, by reason.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct Drops {
-    pub privileged_source_port: u64,
-    pub source_rate: u64,
-    pub global_rate: u64,
-    pub too_many_sources: u64,
-}
+pub struct Drops([u64; DropReason::ALL.len()]);
 
 impl Drops {
-    pub fn total(&self) -> u64 {
-        self.privileged_source_port + self.source_rate + self.global_rate + self.too_many_sources
+    pub fn get(&self, reason: DropReason) -> u64 {
+        self.0[reason as usize]
     }
 
-    fn count(&mut self, drop: DropReason) {
-        match drop {
-            DropReason::PrivilegedSourcePort => self.privileged_source_port += 1,
-            DropReason::SourceRate => self.source_rate += 1,
-            DropReason::GlobalRate => self.global_rate += 1,
-            DropReason::TooManySources => self.too_many_sources += 1,
-        }
+    pub fn total(&self) -> u64 {
+        self.0.iter().sum()
+    }
+
+    fn count(&mut self, reason: DropReason) {
+        self.0[reason as usize] += 1;
     }
 }
 
@@ -160,48 +141,18 @@ impl Limiter {
     }
 }
 
-/// Binds a UDP socket (IPv6 sockets IPv6-only, as for TCP).
-pub fn bind(addr: SocketAddr, reuse_port: bool) -> io::Result<UdpSocket> {
-    use socket2::{Domain, Socket, Type};
-    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, None)?;
-    crate::server::set_reuse_port(&socket, reuse_port)?;
-    if addr.is_ipv6() {
-        socket.set_only_v6(true)?;
-    }
-    socket.set_nonblocking(true)?;
-    socket.bind(&addr.into())?;
-    UdpSocket::from_std(socket.into())
-}
-
-/// A client's UDP socket, connected to the first address `addr` resolves
-/// to (the client and the load generator share it).
-pub async fn connect(addr: &crate::config::ListenAddr) -> io::Result<UdpSocket> {
-    let target = tokio::net::lookup_host((addr.host(), addr.port()))
-        .await?
-        .next()
-        .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "no address found"))?;
-    let local = if target.is_ipv6() {
-        "[::]:0"
-    } else {
-        "0.0.0.0:0"
-    };
-    let socket = UdpSocket::bind(local).await?;
-    socket.connect(target).await?;
-    Ok(socket)
-}
-
-/// Echoes datagrams on `socket` until `drain` is cancelled.
+/// Echoes datagrams on `socket` until the shutdown drains.
 pub async fn serve(
     socket: UdpSocket,
     limiter: Arc<Mutex<Limiter>>,
-    metrics: Option<Arc<crate::metrics::Metrics>>,
-    drain: CancellationToken,
+    metrics: Option<Arc<Metrics>>,
+    shutdown: Shutdown,
 ) {
-    let mut buf = vec![0u8; MAX_DATAGRAM];
+    let mut buf = vec![0u8; UDP_RECEIVE_BUFFER];
     loop {
         let received = tokio::select! {
             biased;
-            _ = drain.cancelled() => return,
+            _ = shutdown.draining() => return,
             received = socket.recv_from(&mut buf) => received,
         };
         let (len, source) = match received {
@@ -235,13 +186,13 @@ pub async fn serve(
 }
 
 /// Logs the drop counts once per interval while there are drops.
-pub async fn report_drops(limiter: Arc<Mutex<Limiter>>, drain: CancellationToken) {
+pub async fn report_drops(limiter: Arc<Mutex<Limiter>>, shutdown: Shutdown) {
     let mut interval = tokio::time::interval(DROP_REPORT_INTERVAL);
     interval.tick().await;
     loop {
         tokio::select! {
             biased;
-            _ = drain.cancelled() => return,
+            _ = shutdown.draining() => return,
             _ = interval.tick() => {}
         }
         let drops = limiter
@@ -249,19 +200,18 @@ pub async fn report_drops(limiter: Arc<Mutex<Limiter>>, drain: CancellationToken
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .take_drops();
         if drops.total() > 0 {
+            let by_reason = DropReason::ALL
+                .map(|reason| format!("{} {}", reason.description(), drops.get(reason)))
+                .join(", ");
             warn!(
                 dropped = drops.total(),
-                privileged_source_port = drops.privileged_source_port,
-                source_rate = drops.source_rate,
-                global_rate = drops.global_rate,
-                too_many_sources = drops.too_many_sources,
-                "udp: {} datagram(s) got no reply in the last {}s (privileged source port {}, per-source rate {}, global rate {}, too many sources {})",
+                privileged_source_port = drops.get(DropReason::PrivilegedSourcePort),
+                source_rate = drops.get(DropReason::SourceRate),
+                global_rate = drops.get(DropReason::GlobalRate),
+                too_many_sources = drops.get(DropReason::TooManySources),
+                "udp: {} datagram(s) got no reply in the last {}s ({by_reason})",
                 drops.total(),
                 DROP_REPORT_INTERVAL.as_secs(),
-                drops.privileged_source_port,
-                drops.source_rate,
-                drops.global_rate,
-                drops.too_many_sources
             );
         }
     }
@@ -316,7 +266,7 @@ mod tests {
         assert_eq!(admitted, 5);
         // Another source is not affected.
         assert_eq!(limiter.admit(from("10.0.0.2", 40000), later), Ok(()));
-        assert_eq!(limiter.take_drops().source_rate, 175);
+        assert_eq!(limiter.take_drops().get(DropReason::SourceRate), 175);
     }
 
     #[test]
@@ -340,7 +290,7 @@ mod tests {
             })
             .count();
         assert_eq!(admitted, 50);
-        assert_eq!(limiter.take_drops().global_rate, 150);
+        assert_eq!(limiter.take_drops().get(DropReason::GlobalRate), 150);
     }
 
     #[test]

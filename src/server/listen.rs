@@ -5,8 +5,6 @@ use std::{io, net::SocketAddr, path::Path};
 
 use tokio::net::{TcpListener, TcpStream};
 
-use crate::connection::EchoStream;
-
 /// A bound stream listener.
 pub enum Listener {
     Tcp(TcpListener),
@@ -148,16 +146,5 @@ impl Drop for UnixListener {
                 let _ = std::fs::remove_file(&self.path);
             }
         }
-    }
-}
-
-#[cfg(unix)]
-impl EchoStream for tokio::net::UnixStream {
-    fn poll_read_ready(&self, cx: &mut std::task::Context<'_>) -> std::task::Poll<io::Result<()>> {
-        tokio::net::UnixStream::poll_read_ready(self, cx)
-    }
-
-    fn read_arrived(&mut self, buf: &mut bytes::BytesMut) -> io::Result<Option<usize>> {
-        crate::connection::recv_arrived(socket2::SockRef::from(&*self), buf)
     }
 }

@@ -7,20 +7,19 @@
 //! connection stays at one read buffer plus the frame limit.
 
 use std::{
-    fmt, io,
+    io,
     pin::Pin,
-    sync::atomic::{AtomicUsize, Ordering},
     task::{Context, Poll},
     time::{Duration, Instant},
 };
 
 use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
-use tokio_util::sync::CancellationToken;
 
+use super::{metrics::EchoCounters, reason::CloseReason, shutdown::Shutdown};
 use crate::{
-    codec::{EchoCodec, FrameError},
-    metrics::EchoCounters,
+    codec::{EchoCodec, FrameError, Framer, Framing},
+    stream::EchoStream,
 };
 
 /// Bytes asked of the socket per read. Large enough that one read usually
@@ -29,22 +28,6 @@ pub const READ_CHUNK: usize = 64 * 1024;
 
 /// Longest a lingering close waits for the client to close its side.
 pub const LINGER: Duration = Duration::from_secs(2);
-
-/// Counts a connection as lingering while alive.
-struct LingerGuard<'a>(&'a AtomicUsize);
-
-impl<'a> LingerGuard<'a> {
-    fn enter(count: &'a AtomicUsize) -> Self {
-        count.fetch_add(1, Ordering::Relaxed);
-        LingerGuard(count)
-    }
-}
-
-impl Drop for LingerGuard<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
-    }
-}
 
 /// What every connection of a server shares.
 #[derive(Clone, Copy, Debug)]
@@ -55,60 +38,6 @@ pub struct ConnectionSettings {
     pub idle_timeout: Option<Duration>,
     /// Close when an unfinished frame is older than this; `None` = never.
     pub frame_timeout: Option<Duration>,
-}
-
-/// Why a connection ended.
-#[derive(Debug)]
-pub enum CloseReason {
-    /// The client shut its write side and got every echo back.
-    ClientClosed,
-    /// Nothing was received or sent for the idle timeout.
-    IdleTimeout,
-    /// A frame was still unfinished at the frame timeout (a slow sender).
-    FrameTimeout,
-    /// A frame broke the limit; the frames before it were echoed.
-    FrameTooLong(FrameError),
-    /// Graceful shutdown: pending echoes were written, then the server closed.
-    Shutdown,
-    /// The shutdown grace period ended before the connection finished.
-    Cut,
-    /// The socket failed (reset by the peer, broken pipe, …).
-    Error(io::Error),
-}
-
-impl CloseReason {
-    /// True for the ordinary end of a connection, which is logged at DEBUG;
-    /// the rest are worth an operator's attention at INFO. A client that
-    /// vanished (reset, broken pipe) is ordinary for an echo endpoint, and
-    /// under a reset flood an INFO line each would be hundreds a second.
-    pub fn is_routine(&self) -> bool {
-        match self {
-            CloseReason::ClientClosed | CloseReason::Shutdown => true,
-            CloseReason::Error(error) => matches!(
-                error.kind(),
-                io::ErrorKind::ConnectionReset
-                    | io::ErrorKind::BrokenPipe
-                    | io::ErrorKind::ConnectionAborted
-            ),
-            _ => false,
-        }
-    }
-}
-
-impl fmt::Display for CloseReason {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            CloseReason::ClientClosed => f.write_str("client closed"),
-            CloseReason::IdleTimeout => f.write_str("idle timeout"),
-            CloseReason::FrameTimeout => {
-                f.write_str("frame not completed within the frame timeout")
-            }
-            CloseReason::FrameTooLong(error) => write!(f, "frame too long: {error}"),
-            CloseReason::Shutdown => f.write_str("server shutting down"),
-            CloseReason::Cut => f.write_str("cut at the shutdown deadline"),
-            CloseReason::Error(error) => write!(f, "socket error: {error}"),
-        }
-    }
 }
 
 /// Counters of one connection, readable even when its task was cut short.
@@ -122,64 +51,16 @@ pub struct ConnectionStats {
     pub bytes_truncated: u64,
 }
 
-/// A byte stream the echo loop can serve.
-pub trait EchoStream: AsyncRead + AsyncWrite + Unpin {
-    /// Ready when a read would not wait. The loop waits here holding no
-    /// buffer, so an idle connection costs no buffer memory.
-    fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>>;
-
-    /// Reads bytes that have already arrived, without waiting: `Ok(None)`
-    /// when there are none. Unlike `poll_read`, this must ask the operating
-    /// system, not the runtime's last readiness event, which may lag behind:
-    /// shutdown uses it to find every byte received before the signal.
-    fn read_arrived(&mut self, buf: &mut BytesMut) -> io::Result<Option<usize>>;
-
-    /// True when written bytes may wait inside the stream until flushed
-    /// (TLS records); then the loop flushes after each batch. A plain
-    /// socket writes straight to the kernel and skips that step.
-    const NEEDS_FLUSH: bool = false;
-}
-
-impl EchoStream for tokio::net::TcpStream {
-    fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        tokio::net::TcpStream::poll_read_ready(self, cx)
-    }
-    fn read_arrived(&mut self, buf: &mut BytesMut) -> io::Result<Option<usize>> {
-        recv_arrived(socket2::SockRef::from(&*self), buf)
-    }
-}
-
-/// [`EchoStream::read_arrived`] for any socket tokio has made non-blocking.
-pub(crate) fn recv_arrived(
-    socket: socket2::SockRef<'_>,
-    buf: &mut BytesMut,
-) -> io::Result<Option<usize>> {
-    loop {
-        match socket.recv(buf.spare_capacity_mut()) {
-            Ok(read) => {
-                // SAFETY: recv initialised `read` bytes of the spare
-                // capacity, which directly follows the buffer's length.
-                unsafe { buf.set_len(buf.len() + read) };
-                return Ok(Some(read));
-            }
-            Err(error) if error.kind() == io::ErrorKind::WouldBlock => return Ok(None),
-            Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
-            Err(error) => return Err(error),
-        }
-    }
-}
-
 /// Runs the echo loop until the connection ends, then returns why.
 ///
-/// When `drain` is cancelled the loop stops waiting for input: it takes what
-/// the socket already holds, echoes every byte of it that forms a frame,
-/// sends FIN and returns [`CloseReason::Shutdown`]. `lingering` counts the
-/// connections that are only waiting for their client to close.
+/// When the shutdown starts draining, the loop stops waiting for input: it
+/// takes what the socket already holds, echoes every byte of it that forms
+/// a frame, sends FIN and returns [`CloseReason::Shutdown`]. While it only
+/// waits for its client to close, it counts as lingering.
 pub async fn echo<S>(
     stream: &mut S,
     settings: &ConnectionSettings,
-    drain: &CancellationToken,
-    lingering: &AtomicUsize,
+    shutdown: &Shutdown,
     stats: &mut ConnectionStats,
     counters: Option<&EchoCounters>,
 ) -> CloseReason
@@ -188,15 +69,14 @@ where
 {
     let mut conn = Echo {
         stream,
-        codec: settings.codec,
+        framer: Framer::new(settings.codec, counters.is_some()),
         idle: IdleTimer::new(settings.idle_timeout, settings.frame_timeout),
         buf: BytesMut::new(),
-        examined: 0,
-        lingering,
+        shutdown,
         stats,
         counters,
     };
-    match conn.run(drain).await {
+    match conn.run().await {
         Ok(reason) => reason,
         Err(error) if error.kind() == io::ErrorKind::TimedOut => CloseReason::IdleTimeout,
         Err(error) => CloseReason::Error(error),
@@ -205,29 +85,27 @@ where
 
 struct Echo<'a, S> {
     stream: &'a mut S,
-    codec: EchoCodec,
+    framer: Framer,
     idle: IdleTimer,
     /// Input not yet echoed: always starts on a frame boundary.
     buf: BytesMut,
-    /// Leading bytes of `buf` the codec has already searched (see
-    /// [`EchoCodec::complete_prefix`]).
-    examined: usize,
-    lingering: &'a AtomicUsize,
+    shutdown: &'a Shutdown,
     stats: &'a mut ConnectionStats,
     /// The server's metrics, when they are on.
     counters: Option<&'a EchoCounters>,
 }
 
 impl<S: EchoStream> Echo<'_, S> {
-    async fn run(&mut self, drain: &CancellationToken) -> io::Result<CloseReason> {
+    async fn run(&mut self) -> io::Result<CloseReason> {
         // Pinned once, and polled only when the read has to wait: polling a
         // pending cancellation takes a lock. The flag check at the top of
         // the loop is one atomic load, so a client whose input is always
         // ready still sees the shutdown.
-        let drained = drain.cancelled();
+        let shutdown = self.shutdown;
+        let drained = shutdown.draining();
         tokio::pin!(drained);
         loop {
-            if drain.is_cancelled() {
+            if shutdown.is_draining() {
                 return self.finish_draining().await;
             }
             let (stream, buf) = (&mut *self.stream, &mut self.buf);
@@ -252,11 +130,11 @@ impl<S: EchoStream> Echo<'_, S> {
     /// client's input is discarded until it closes its side too, for at
     /// most [`LINGER`]. Closing with unread input would send a reset, and a
     /// reset makes the client's kernel drop echoes it has not read yet.
-    /// While lingering the connection counts in `lingering`: it owes the
-    /// client nothing more.
+    /// While lingering the connection counts as such: it owes the client
+    /// nothing more.
     async fn close_early(&mut self, reason: CloseReason) -> io::Result<CloseReason> {
         self.stream.shutdown().await?;
-        let _lingering = LingerGuard::enter(self.lingering);
+        let _lingering = self.shutdown.linger();
         let (stream, buf) = (&mut *self.stream, &mut self.buf);
         let _ = tokio::time::timeout(LINGER, async {
             loop {
@@ -286,29 +164,24 @@ impl<S: EchoStream> Echo<'_, S> {
             counters.bytes_received.inc_by(bytes as u64);
         }
         self.idle.touch();
-        tracing::trace!(bytes, "read");
+        tracing::trace!(target: "echod::connection", bytes, "read");
     }
 
     /// Writes back every whole frame in the buffer, in one write.
     async fn echo_complete_frames(&mut self) -> io::Result<Option<FrameError>> {
-        let prefix = self.codec.complete_prefix(&self.buf, self.examined);
-        let frames = self
-            .counters
-            .map(|_| self.codec.count_frames(&self.buf[..prefix.len]));
-        self.write_out(prefix.len).await?;
-        if let (Some(counters), Some(frames)) = (self.counters, frames) {
-            counters.frames_echoed.inc_by(frames);
+        let batch = self.framer.feed(&self.buf);
+        self.write_out(batch.len).await?;
+        if let Some(counters) = self.counters {
+            counters.frames_echoed.inc_by(batch.frames);
         }
-        // What is left was examined and holds no frame end yet.
-        self.examined = self.buf.len();
         // The frame timeout runs from the first byte of the oldest
         // unfinished frame: a new one started if any frame completed.
         if self.buf.is_empty() {
             self.idle.partial_since = None;
-        } else if prefix.len > 0 || self.idle.partial_since.is_none() {
+        } else if batch.len > 0 || self.idle.partial_since.is_none() {
             self.idle.partial_since = Some(Instant::now());
         }
-        Ok(prefix.error)
+        Ok(batch.error)
     }
 
     /// Writes the first `len` bytes of the buffer and drops them from it.
@@ -366,10 +239,10 @@ impl<S: EchoStream> Echo<'_, S> {
         if let Some(error) = self.echo_complete_frames().await? {
             return self.close_early(CloseReason::FrameTooLong(error)).await;
         }
-        let remainder = self.codec.remainder(&self.buf);
+        let remainder = self.framer.finish(&self.buf);
         self.write_out(remainder.echo).await?;
         if let (Some(counters), true) = (self.counters, remainder.echo > 0) {
-            if self.codec.framing() != crate::codec::Framing::Raw {
+            if self.framer.codec().framing() != Framing::Raw {
                 counters.frames_echoed.inc();
             }
         }
@@ -389,15 +262,12 @@ impl<S: EchoStream> Echo<'_, S> {
 /// most [`LINGER`]. Dropping a socket with unread input sends a reset,
 /// and a reset can make the client's kernel drop the last thing the server
 /// sent it, such as the TLS alert that says why it was refused.
-pub async fn close_gently<S: AsyncRead + AsyncWrite + Unpin>(
-    stream: &mut S,
-    lingering: &AtomicUsize,
-) {
+pub async fn close_gently<S: AsyncRead + AsyncWrite + Unpin>(stream: &mut S, shutdown: &Shutdown) {
     use tokio::io::AsyncReadExt;
     if stream.shutdown().await.is_err() {
         return;
     }
-    let _lingering = LingerGuard::enter(lingering);
+    let _lingering = shutdown.linger();
     let mut discard = [0u8; 1024];
     let _ = tokio::time::timeout(LINGER, async {
         while let Ok(1..) = stream.read(&mut discard).await {}

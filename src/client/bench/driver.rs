@@ -1,0 +1,548 @@
+//! The load itself: one driver per connection (stream or UDP), and the
+//! `--reconnect` loop. Every echo is verified byte for byte against the
+//! random pattern it was cut from.
+
+use std::{
+    cell::{Cell, RefCell},
+    io,
+    pin::Pin,
+    rc::Rc,
+    task::{Context, Poll},
+    time::{Duration, Instant},
+};
+
+use bytes::{Buf, BytesMut};
+use hdrhistogram::Histogram;
+use tokio::{
+    io::{AsyncRead, ReadBuf},
+    net::TcpStream,
+    task::JoinHandle,
+};
+use tokio_util::codec::Encoder;
+
+use super::Plan;
+use crate::{
+    client::{rng, Conn},
+    codec::{EchoCodec, Framing, MAX_FRAME_LENGTH_LIMIT},
+};
+
+/// Distinct message start offsets in the random pattern.
+const PATTERN_SPAN: usize = 1 << 20;
+/// Most unsent-plus-unechoed bytes a connection queues (as the C generator).
+const OUT_QUEUE_LIMIT: usize = 256 * 1024;
+/// Bytes read per syscall.
+const READ_BUFFER: usize = 64 * 1024;
+
+/// What every connection task adds to.
+pub struct Tally {
+    /// Messages completed inside the measurement window.
+    pub messages: Cell<u64>,
+    /// All messages completed, warm-up included (for the progress bar).
+    pub completed: Cell<u64>,
+    pub errors: Cell<u64>,
+    pub mismatches: Cell<u64>,
+    pub lost: Cell<u64>,
+    pub first_errors: RefCell<Vec<String>>,
+    pub latency_ns: RefCell<Histogram<u64>>,
+    pub measure_from: Cell<Option<Instant>>,
+    pub measure_until: Cell<Option<Instant>>,
+}
+
+impl Tally {
+    pub fn new() -> Tally {
+        Tally {
+            messages: Cell::new(0),
+            completed: Cell::new(0),
+            errors: Cell::new(0),
+            mismatches: Cell::new(0),
+            lost: Cell::new(0),
+            first_errors: RefCell::new(Vec::new()),
+            latency_ns: RefCell::new(
+                Histogram::new_with_bounds(1, 3_600_000_000_000, 3).expect("valid bounds"),
+            ),
+            measure_from: Cell::new(None),
+            measure_until: Cell::new(None),
+        }
+    }
+
+    pub fn error(&self, what: String) {
+        self.errors.set(self.errors.get() + 1);
+        let mut first = self.first_errors.borrow_mut();
+        if first.len() < 5 {
+            first.push(what);
+        }
+    }
+
+    fn completed(&self, sent_at: Instant, now: Instant) {
+        self.completed.set(self.completed.get() + 1);
+        let in_window = self.measure_from.get().is_some_and(|from| now >= from)
+            && self.measure_until.get().is_none_or(|until| now < until);
+        if in_window {
+            self.messages.set(self.messages.get() + 1);
+            let nanos = now.duration_since(sent_at).as_nanos();
+            self.latency_ns
+                .borrow_mut()
+                .saturating_record(u64::try_from(nanos).unwrap_or(u64::MAX));
+        }
+    }
+}
+
+/// Random message bytes: printable ASCII for lines (so no `\n`, and valid
+/// UTF-8 for String-based servers), any byte otherwise.
+pub fn random_pattern(plan: &Plan) -> Vec<u8> {
+    let mut state = rng::seed();
+    (0..PATTERN_SPAN + plan.size)
+        .map(|_| {
+            let random = rng::next(&mut state);
+            match plan.framing {
+                Framing::Lines => 0x20 + ((random >> 32) % 95) as u8,
+                Framing::Raw | Framing::Length => (random >> 56) as u8,
+            }
+        })
+        .collect()
+}
+
+/// `--reconnect`: each message on its own connection (TLS handshake
+/// included), timed from the connect to the verified echo.
+async fn reconnect_loop(
+    plan: Plan,
+    mut codec: EchoCodec,
+    pattern: Rc<Vec<u8>>,
+    tally: Rc<Tally>,
+    index: usize,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut rng = rng::seed() ^ (index as u64 + 1).wrapping_mul(0xD1B5_4A32_D192_ED03) | 1;
+    let mut message = BytesMut::new();
+    let mut echoed = vec![0u8; plan.wire_size()];
+    loop {
+        let offset = (rng::next(&mut rng) % PATTERN_SPAN as u64) as usize;
+        let payload = &pattern[offset..offset + plan.size];
+        message.clear();
+        if plan.framing == Framing::Lines {
+            message.extend_from_slice(&payload[..plan.size - 1]);
+            message.extend_from_slice(b"\n");
+        } else {
+            codec
+                .encode(payload, &mut message)
+                .expect("size was validated against the frame limit");
+        }
+        let started = Instant::now();
+        let result = async {
+            macro_rules! exchange {
+                ($stream:expr) => {{
+                    let mut stream = $stream;
+                    stream.write_all(&message).await?;
+                    stream.read_exact(&mut echoed).await?;
+                    stream.shutdown().await
+                }};
+            }
+            match plan
+                .target
+                .open(plan.connect_timeout)
+                .await
+                .map_err(|e| io::Error::other(e.to_string()))?
+            {
+                Conn::Tcp(stream) => exchange!(stream),
+                Conn::Tls(stream) => exchange!(stream),
+                #[cfg(unix)]
+                Conn::Unix(stream) => exchange!(stream),
+                Conn::Udp(_) => unreachable!("--reconnect is refused with --udp"),
+            }
+        }
+        .await;
+        match result {
+            Ok(()) if echoed[..] == message[..] => tally.completed(started, Instant::now()),
+            Ok(()) => {
+                tally.mismatches.set(tally.mismatches.get() + 1);
+                tally.completed(started, Instant::now());
+            }
+            Err(error) => {
+                tally.error(format!("connection failed: {error}"));
+                // Do not spin on a server that refuses everything.
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    }
+}
+
+/// What the stream driver needs of a socket: TCP, Unix and TLS streams.
+trait BenchStream: AsyncRead + Unpin + 'static {
+    /// Writes without waiting (`WouldBlock` when it would).
+    fn try_write(&mut self, buf: &[u8]) -> io::Result<usize>;
+    /// Ready when a write can make progress; for TLS, this pushes out
+    /// encrypted bytes the session still holds.
+    fn poll_write_ready(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>>;
+    /// Bytes accepted by `try_write` that are not on the socket yet.
+    fn wants_flush(&self) -> bool {
+        false
+    }
+}
+
+impl BenchStream for TcpStream {
+    fn try_write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        TcpStream::try_write(self, buf)
+    }
+    fn poll_write_ready(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        TcpStream::poll_write_ready(self, cx)
+    }
+}
+
+#[cfg(unix)]
+impl BenchStream for tokio::net::UnixStream {
+    fn try_write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        tokio::net::UnixStream::try_write(self, buf)
+    }
+    fn poll_write_ready(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        tokio::net::UnixStream::poll_write_ready(self, cx)
+    }
+}
+
+impl BenchStream for crate::tls::ClientStream<TcpStream> {
+    fn try_write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        use tokio::io::AsyncWrite;
+        // Encrypts into the session and writes what the socket takes; the
+        // real waker is registered by `poll_write_ready`.
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        match Pin::new(self).poll_write(&mut cx, buf) {
+            Poll::Ready(result) => result,
+            Poll::Pending => Err(io::ErrorKind::WouldBlock.into()),
+        }
+    }
+    fn poll_write_ready(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        use tokio::io::AsyncWrite;
+        Pin::new(self).poll_flush(cx)
+    }
+    fn wants_flush(&self) -> bool {
+        self.get_ref().1.wants_write()
+    }
+}
+
+/// One connection's load.
+struct Driver<S> {
+    stream: S,
+    codec: EchoCodec,
+    pattern: Rc<Vec<u8>>,
+    tally: Rc<Tally>,
+    rng: u64,
+    size: usize,
+    wire_size: usize,
+    pipeline: usize,
+    /// Sent-but-unechoed bytes, then unsent bytes.
+    out: BytesMut,
+    /// Bytes of `out` already written.
+    written: usize,
+    /// Bytes of the stream written, and echoed, since the start.
+    total_written: u64,
+    total_echoed: u64,
+    /// Messages queued in `out` (their first byte may not be sent yet).
+    queued: u64,
+    /// Messages whose first byte has been written, with when.
+    sent_at: std::collections::VecDeque<Instant>,
+    /// Messages fully echoed.
+    done: u64,
+    /// The echo of the current message differed somewhere.
+    bad: bool,
+    read_buf: Vec<u8>,
+}
+
+impl<S: BenchStream> Driver<S> {
+    fn new(
+        stream: S,
+        plan: &Plan,
+        codec: EchoCodec,
+        pattern: Rc<Vec<u8>>,
+        tally: Rc<Tally>,
+        index: usize,
+    ) -> Driver<S> {
+        let mut rng = rng::seed() ^ (index as u64 + 1).wrapping_mul(0xD1B5_4A32_D192_ED03);
+        if rng == 0 {
+            rng = 1;
+        }
+        Driver {
+            stream,
+            codec,
+            pattern,
+            tally,
+            rng,
+            size: plan.size,
+            wire_size: plan.wire_size(),
+            pipeline: plan.pipeline,
+            out: BytesMut::with_capacity(OUT_QUEUE_LIMIT.min(plan.pipeline * plan.wire_size())),
+            written: 0,
+            total_written: 0,
+            total_echoed: 0,
+            queued: 0,
+            sent_at: std::collections::VecDeque::with_capacity(plan.pipeline),
+            done: 0,
+            bad: false,
+            read_buf: vec![0; READ_BUFFER],
+        }
+    }
+
+    async fn run(mut self) {
+        if let Err(error) = self.drive().await {
+            self.tally.error(error);
+        }
+    }
+
+    async fn drive(&mut self) -> Result<(), String> {
+        loop {
+            self.enqueue();
+            self.flush()?;
+            // Read through poll_read: a short read tells tokio the socket is
+            // drained, which saves an EAGAIN recv per message. Wait for
+            // writability too while output is pending.
+            let pending_write = self.written < self.out.len() || self.stream.wants_flush();
+            let (stream, read_buf) = (&mut self.stream, &mut self.read_buf);
+            let read = std::future::poll_fn(|cx| {
+                let mut buf = ReadBuf::new(read_buf);
+                if let Poll::Ready(result) = Pin::new(&mut *stream).poll_read(cx, &mut buf) {
+                    return Poll::Ready(Some(result.map(|()| buf.filled().len())));
+                }
+                if pending_write {
+                    if let Poll::Ready(result) = stream.poll_write_ready(cx) {
+                        return Poll::Ready(result.err().map(Err));
+                    }
+                }
+                Poll::Pending
+            })
+            .await;
+            match read {
+                None => {}
+                Some(Ok(0)) => return Err("server closed the connection".into()),
+                Some(Ok(read)) => self.check_echo(read)?,
+                Some(Err(error)) => return Err(format!("connection failed: {error}")),
+            }
+        }
+    }
+
+    /// Queues messages up to the pipeline depth and the queue limit.
+    fn enqueue(&mut self) {
+        while self.queued - self.done < self.pipeline as u64
+            && self.out.len() + self.wire_size <= OUT_QUEUE_LIMIT.max(self.wire_size)
+        {
+            let offset = (rng::next(&mut self.rng) % PATTERN_SPAN as u64) as usize;
+            let message = &self.pattern[offset..offset + self.size];
+            if self.codec.framing() == Framing::Lines {
+                self.out.extend_from_slice(&message[..self.size - 1]);
+                self.out.extend_from_slice(b"\n");
+            } else {
+                self.codec
+                    .encode(message, &mut self.out)
+                    .expect("size was validated against the frame limit");
+            }
+            self.queued += 1;
+        }
+    }
+
+    /// Writes what it can without waiting, stamping each message whose
+    /// first byte goes out.
+    fn flush(&mut self) -> Result<(), String> {
+        while self.written < self.out.len() {
+            let now = Instant::now();
+            match self.stream.try_write(&self.out[self.written..]) {
+                Ok(written) => {
+                    self.written += written;
+                    self.total_written += written as u64;
+                    let first_bytes_sent = self.total_written.div_ceil(self.wire_size as u64);
+                    while self.done + (self.sent_at.len() as u64) < first_bytes_sent {
+                        self.sent_at.push_back(now);
+                    }
+                }
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => break,
+                Err(error) => return Err(format!("connection failed: {error}")),
+            }
+        }
+        Ok(())
+    }
+
+    /// Compares `read` echoed bytes with what was sent.
+    fn check_echo(&mut self, read: usize) -> Result<(), String> {
+        if self.total_echoed + read as u64 > self.total_written {
+            self.tally.mismatches.set(self.tally.mismatches.get() + 1);
+            return Err("server echoed more bytes than were sent".into());
+        }
+        let now = Instant::now();
+        let mut offset = 0;
+        while offset < read {
+            let into_message = (self.total_echoed % self.wire_size as u64) as usize;
+            let take = (self.wire_size - into_message).min(read - offset);
+            // `out` starts at the first unechoed byte.
+            if self.read_buf[offset..offset + take] != self.out[..take] {
+                self.bad = true;
+            }
+            self.out.advance(take);
+            self.written -= take;
+            offset += take;
+            self.total_echoed += take as u64;
+            if into_message + take == self.wire_size {
+                let sent_at = self
+                    .sent_at
+                    .pop_front()
+                    .expect("an echoed message was sent");
+                self.done += 1;
+                if std::mem::take(&mut self.bad) {
+                    self.tally.mismatches.set(self.tally.mismatches.get() + 1);
+                }
+                self.tally.completed(sent_at, now);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Bytes of a UDP bench datagram before its pattern bytes: the sequence number.
+pub const UDP_HEADER: usize = 8;
+
+/// One UDP socket's load: up to K datagrams in flight, each carrying its
+/// sequence number; a reply is matched by it and checked byte for byte; a
+/// datagram unanswered for the loss timeout is counted lost.
+struct UdpDriver {
+    socket: tokio::net::UdpSocket,
+    pattern: Rc<Vec<u8>>,
+    tally: Rc<Tally>,
+    size: usize,
+    pipeline: usize,
+    loss_timeout: Duration,
+    salt: u64,
+    next_seq: u64,
+    in_flight: std::collections::VecDeque<(u64, Instant)>,
+    out: Vec<u8>,
+    buf: Vec<u8>,
+}
+
+impl UdpDriver {
+    fn new(
+        socket: tokio::net::UdpSocket,
+        plan: &Plan,
+        pattern: Rc<Vec<u8>>,
+        tally: Rc<Tally>,
+        index: usize,
+    ) -> UdpDriver {
+        UdpDriver {
+            socket,
+            pattern,
+            tally,
+            size: plan.size,
+            pipeline: plan.pipeline,
+            loss_timeout: plan.loss_timeout,
+            salt: rng::seed() ^ (index as u64 + 1).wrapping_mul(0xD1B5_4A32_D192_ED03),
+            next_seq: 0,
+            in_flight: std::collections::VecDeque::with_capacity(plan.pipeline),
+            out: Vec::with_capacity(plan.size),
+            buf: vec![0; crate::addr::UDP_RECEIVE_BUFFER],
+        }
+    }
+
+    /// The datagram for `seq`: its number, then pattern bytes that depend on it.
+    fn datagram(&self, seq: u64, into: &mut Vec<u8>) {
+        let mut state = (seq ^ self.salt) | 1;
+        let offset = (rng::next(&mut state) % PATTERN_SPAN as u64) as usize;
+        into.clear();
+        into.extend_from_slice(&seq.to_be_bytes());
+        into.extend_from_slice(&self.pattern[offset..offset + self.size - UDP_HEADER]);
+    }
+
+    async fn run(mut self) {
+        if let Err(error) = self.drive().await {
+            self.tally.error(error);
+        }
+    }
+
+    async fn drive(&mut self) -> Result<(), String> {
+        let failed = |error: io::Error| format!("udp socket failed: {error}");
+        let mut expected = Vec::with_capacity(self.size);
+        loop {
+            let mut blocked = false;
+            while self.in_flight.len() < self.pipeline {
+                let mut out = std::mem::take(&mut self.out);
+                self.datagram(self.next_seq, &mut out);
+                let now = Instant::now();
+                let sent = self.socket.try_send(&out);
+                self.out = out;
+                match sent {
+                    Ok(_) => {
+                        self.in_flight.push_back((self.next_seq, now));
+                        self.next_seq += 1;
+                    }
+                    Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
+                        blocked = true;
+                        break;
+                    }
+                    Err(error) => return Err(failed(error)),
+                }
+            }
+            let oldest = self
+                .in_flight
+                .front()
+                .map(|&(_, sent)| sent + self.loss_timeout);
+            tokio::select! {
+                received = self.socket.recv(&mut self.buf) => {
+                    let len = received.map_err(failed)?;
+                    let now = Instant::now();
+                    let Some(seq) = self.buf.get(..UDP_HEADER).map(|b| u64::from_be_bytes(b.try_into().unwrap())) else {
+                        self.tally.mismatches.set(self.tally.mismatches.get() + 1);
+                        continue;
+                    };
+                    // A reply to a datagram already counted lost is ignored.
+                    let Some(position) = self.in_flight.iter().position(|&(s, _)| s == seq) else { continue };
+                    let (_, sent_at) = self.in_flight.remove(position).expect("position is in range");
+                    self.datagram(seq, &mut expected);
+                    if self.buf[..len] != expected[..] {
+                        self.tally.mismatches.set(self.tally.mismatches.get() + 1);
+                    }
+                    self.tally.completed(sent_at, now);
+                }
+                () = tokio::time::sleep_until(oldest.unwrap_or_else(Instant::now).into()), if oldest.is_some() => {
+                    let now = Instant::now();
+                    while self.in_flight.front().is_some_and(|&(_, sent)| sent + self.loss_timeout <= now) {
+                        self.in_flight.pop_front();
+                        self.tally.lost.set(self.tally.lost.get() + 1);
+                    }
+                }
+                ready = self.socket.writable(), if blocked => { ready.map_err(failed)?; }
+            }
+        }
+    }
+}
+
+/// Starts one driver per open connection (or, with `--reconnect`, one
+/// reconnecting loop per connection slot).
+pub fn spawn_all(
+    plan: &Plan,
+    conns: Vec<Conn>,
+    pattern: &Rc<Vec<u8>>,
+    tally: &Rc<Tally>,
+) -> Vec<JoinHandle<()>> {
+    let codec = EchoCodec::new(plan.framing, MAX_FRAME_LENGTH_LIMIT);
+    let mut drivers: Vec<JoinHandle<()>> = conns
+        .into_iter()
+        .enumerate()
+        .map(|(index, conn)| {
+            let (pattern, tally) = (pattern.clone(), tally.clone());
+            match conn {
+                Conn::Tcp(stream) => tokio::task::spawn_local(
+                    Driver::new(stream, plan, codec, pattern, tally, index).run(),
+                ),
+                Conn::Tls(stream) => tokio::task::spawn_local(
+                    Driver::new(*stream, plan, codec, pattern, tally, index).run(),
+                ),
+                #[cfg(unix)]
+                Conn::Unix(stream) => tokio::task::spawn_local(
+                    Driver::new(stream, plan, codec, pattern, tally, index).run(),
+                ),
+                Conn::Udp(socket) => tokio::task::spawn_local(
+                    UdpDriver::new(socket, plan, pattern, tally, index).run(),
+                ),
+            }
+        })
+        .collect();
+    if plan.reconnect {
+        drivers.extend((0..plan.connections).map(|index| {
+            let (pattern, tally) = (pattern.clone(), tally.clone());
+            tokio::task::spawn_local(reconnect_loop(plan.clone(), codec, pattern, tally, index))
+        }));
+    }
+    drivers
+}

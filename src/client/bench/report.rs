@@ -1,0 +1,202 @@
+//! What a bench run reports: the `--json` object, the human-readable
+//! text, the HdrHistogram file, and the progress bar while it runs.
+
+use std::{
+    collections::BTreeMap,
+    io::{self, Write},
+    time::Duration,
+};
+
+use hdrhistogram::Histogram;
+use serde::Serialize;
+
+use super::{driver::Tally, Plan};
+use crate::client::chaos::KindReport;
+
+/// Latency percentiles in microseconds.
+#[derive(Debug, Clone, Copy, Serialize, PartialEq)]
+pub struct Latency {
+    pub p50: f64,
+    pub p90: f64,
+    pub p99: f64,
+    pub max: f64,
+}
+
+/// The result, with exactly the keys of the contract's `--json` object.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub connections: usize,
+    pub size: usize,
+    pub pipeline: usize,
+    pub framing: String,
+    pub duration_s: f64,
+    pub messages: u64,
+    pub msgs_per_sec: f64,
+    pub mib_per_sec: f64,
+    pub latency_us: Latency,
+    pub errors: u64,
+    pub mismatches: u64,
+    /// UDP only: datagrams with no reply within the loss timeout.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lost: Option<u64>,
+    /// With --chaos: what each kind of abusive client saw.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub chaos: Option<BTreeMap<&'static str, KindReport>>,
+    /// With --server-pid: the server's peak resident set size.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub server_peak_rss_kib: Option<u64>,
+}
+
+/// A process's peak resident set size (VmHWM), where /proc has it.
+pub fn peak_rss_kib(pid: u32) -> Option<u64> {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()?
+        .lines()
+        .find_map(|line| line.strip_prefix("VmHWM:"))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+pub fn progress_bar(total: Duration) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::new(total.as_millis() as u64);
+    bar.set_draw_target(indicatif::ProgressDrawTarget::stderr());
+    if let Ok(style) = indicatif::ProgressStyle::with_template("{bar:30} {elapsed:>4} {msg}") {
+        bar.set_style(style);
+    }
+    bar
+}
+
+/// The human-readable report.
+pub fn render(plan: &Plan, report: &Report) -> String {
+    let latency = &report.latency_us;
+    let lost = report
+        .lost
+        .map(|lost| {
+            format!(
+                "lost        {lost} (no reply within {:.1} s)\n",
+                plan.loss_timeout.as_secs_f64()
+            )
+        })
+        .unwrap_or_default();
+    let mut extra = lost;
+    if let Some(kinds) = &report.chaos {
+        extra += "chaos       kind          attempts  closed by server  errors  mismatches\n";
+        for (name, kind) in kinds {
+            extra += &format!(
+                "            {name:<12} {:>9} {:>17} {:>7} {:>11}\n",
+                kind.attempts, kind.closed_by_server, kind.errors, kind.mismatches
+            );
+        }
+    }
+    if let Some(peak) = report.server_peak_rss_kib {
+        extra += &format!("server      peak RSS {:.1} MiB\n", peak as f64 / 1024.0);
+    }
+    format!(
+        "{} connections x {} B, pipeline {}, {} framing, {:.1} s measured after {:.1} s warm-up\n\
+         messages    {} ({:.0} msgs/s, {:.2} MiB/s each way)\n\
+         latency     p50 {:.1} us   p90 {:.1} us   p99 {:.1} us   max {:.1} us\n\
+         errors      {}\n\
+         mismatches  {}\n",
+        report.connections,
+        report.size,
+        report.pipeline,
+        report.framing,
+        report.duration_s,
+        plan.warmup.as_secs_f64(),
+        report.messages,
+        report.msgs_per_sec,
+        report.mib_per_sec,
+        latency.p50,
+        latency.p90,
+        latency.p99,
+        latency.max,
+        report.errors,
+        report.mismatches,
+    ) + &extra
+}
+
+/// HdrHistogram's percentile-distribution text (as `outputPercentileDistribution`
+/// writes it), in microseconds, so standard HdrHistogram plotters read it.
+pub fn write_histogram(path: &std::path::Path, histogram: &Histogram<u64>) -> io::Result<()> {
+    let mut out = io::BufWriter::new(std::fs::File::create(path)?);
+    writeln!(
+        out,
+        "{:>12} {:>14} {:>10} {:>14}\n",
+        "Value", "Percentile", "TotalCount", "1/(1-Percentile)"
+    )?;
+    let mut total = 0u64;
+    for step in histogram.iter_quantiles(5) {
+        total += step.count_since_last_iteration();
+        let quantile = step.quantile_iterated_to();
+        let value = step.value_iterated_to() as f64 / 1000.0;
+        if quantile < 1.0 {
+            writeln!(
+                out,
+                "{value:>12.3} {quantile:>14.12} {total:>10} {:>14.2}",
+                1.0 / (1.0 - quantile)
+            )?;
+        } else {
+            writeln!(out, "{value:>12.3} {quantile:>14.12} {total:>10}")?;
+        }
+    }
+    let micros = |nanos: f64| nanos / 1000.0;
+    writeln!(
+        out,
+        "#[Mean    = {:>12.3}, StdDeviation   = {:>12.3}]",
+        micros(histogram.mean()),
+        micros(histogram.stdev())
+    )?;
+    writeln!(
+        out,
+        "#[Max     = {:>12.3}, Total count    = {:>12}]",
+        micros(histogram.max() as f64),
+        histogram.len()
+    )?;
+    out.flush()
+}
+
+impl Report {
+    /// The report of a finished run.
+    pub fn new(
+        plan: &Plan,
+        tally: &Tally,
+        histogram: &Histogram<u64>,
+        chaos: Option<BTreeMap<&'static str, KindReport>>,
+    ) -> Report {
+        let chaos_mismatches: u64 = chaos
+            .iter()
+            .flat_map(|kinds| kinds.values().map(|kind| kind.mismatches))
+            .sum();
+        let elapsed = plan.duration.as_secs_f64();
+        let messages = tally.messages.get();
+        let micros = |nanos: u64| nanos as f64 / 1000.0;
+        let msgs_per_sec = messages as f64 / elapsed;
+        Report {
+            connections: plan.connections,
+            size: plan.size,
+            pipeline: plan.pipeline,
+            framing: if plan.target.udp {
+                "udp".into()
+            } else {
+                plan.framing.to_string()
+            },
+            duration_s: elapsed,
+            messages,
+            msgs_per_sec,
+            mib_per_sec: msgs_per_sec * plan.size as f64 / (1024.0 * 1024.0),
+            latency_us: Latency {
+                p50: micros(histogram.value_at_quantile(0.50)),
+                p90: micros(histogram.value_at_quantile(0.90)),
+                p99: micros(histogram.value_at_quantile(0.99)),
+                max: micros(histogram.max()),
+            },
+            errors: tally.errors.get(),
+            mismatches: tally.mismatches.get() + chaos_mismatches,
+            lost: plan.target.udp.then(|| tally.lost.get()),
+            chaos,
+            server_peak_rss_kib: plan.server_pid.and_then(peak_rss_kib),
+        }
+    }
+}

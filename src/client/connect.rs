@@ -1,0 +1,157 @@
+//! Reaching a server: an address with its TLS settings inside
+//! ([`Target`]), opened as the one kind of connection it names
+//! ([`Conn`]). The interactive client and the load generator both connect
+//! through here.
+
+use std::time::Duration;
+
+use tokio::net::{TcpStream, UdpSocket};
+
+use super::ClientError;
+use crate::{
+    addr::{Endpoint, ListenAddr},
+    tls::{ClientStream, ClientTlsArgs},
+};
+
+/// Where to connect, and how: the endpoint, its TLS settings when it is a
+/// `tls:` address, and whether a `HOST:PORT` means UDP.
+#[derive(Clone, Debug)]
+pub struct Target {
+    pub endpoint: Endpoint,
+    pub tls: Option<TlsTarget>,
+    pub udp: bool,
+}
+
+impl Target {
+    /// Checks the combination of address and flags (exit 2 when wrong).
+    pub fn new(endpoint: Endpoint, tls: &ClientTlsArgs, udp: bool) -> Result<Target, ClientError> {
+        if udp && !matches!(endpoint, Endpoint::Tcp(_)) {
+            return Err(ClientError::Usage("--udp needs a HOST:PORT address".into()));
+        }
+        let tls = tls_setup(&endpoint, tls)?;
+        Ok(Target { endpoint, tls, udp })
+    }
+
+    /// Opens one connection (or UDP socket) within `timeout`, TLS
+    /// handshake included.
+    pub async fn open(&self, timeout: Duration) -> Result<Conn, ClientError> {
+        let failed = |why: String| {
+            ClientError::Failed(format!("cannot connect to {}: {why}", self.endpoint))
+        };
+        let timed_out = || failed(format!("timed out after {}s", timeout.as_secs_f64()));
+        match &self.endpoint {
+            Endpoint::Tcp(addr) if self.udp => udp_connect(addr)
+                .await
+                .map(Conn::Udp)
+                .map_err(|error| failed(error.to_string())),
+            Endpoint::Tcp(addr) => Ok(Conn::Tcp(connect(addr, timeout).await?)),
+            #[cfg(unix)]
+            Endpoint::Unix(path) => {
+                tokio::time::timeout(timeout, tokio::net::UnixStream::connect(path))
+                    .await
+                    .map_err(|_| timed_out())?
+                    .map(Conn::Unix)
+                    .map_err(|error| failed(error.to_string()))
+            }
+            #[cfg(not(unix))]
+            Endpoint::Unix(_) => Err(ClientError::Usage(
+                "Unix sockets are not supported here".into(),
+            )),
+            Endpoint::Tls(addr) => {
+                let tls = self.tls.clone().expect("set up for tls:");
+                Ok(Conn::Tls(Box::new(connect_tls(addr, tls, timeout).await?)))
+            }
+        }
+    }
+}
+
+/// An open connection of whichever kind the target names.
+pub enum Conn {
+    Tcp(TcpStream),
+    Tls(Box<ClientStream<TcpStream>>),
+    #[cfg(unix)]
+    Unix(tokio::net::UnixStream),
+    Udp(UdpSocket),
+}
+
+/// TLS settings for a `tls:` address (and a loud warning for
+/// `--tls-insecure`); TLS flags with another address are a usage error.
+fn tls_setup(endpoint: &Endpoint, args: &ClientTlsArgs) -> Result<Option<TlsTarget>, ClientError> {
+    let Endpoint::Tls(addr) = endpoint else {
+        let given = args.tls_ca.is_some()
+            || args.tls_cert.is_some()
+            || args.tls_server_name.is_some()
+            || args.tls_insecure;
+        return if given {
+            Err(ClientError::Usage(
+                "--tls-* options need a tls:HOST:PORT address".into(),
+            ))
+        } else {
+            Ok(None)
+        };
+    };
+    if args.tls_insecure {
+        eprintln!(
+            "echo-client: WARNING: --tls-insecure: the server's certificate is NOT verified; \
+             anyone on the path can read and change this traffic. Use it for testing only."
+        );
+    }
+    let config = crate::tls::client_config(args).map_err(|e| ClientError::Usage(e.to_string()))?;
+    let name = crate::tls::server_name(args, addr.host())
+        .map_err(|e| ClientError::Usage(format!("--tls-server-name: {e}")))?;
+    Ok(Some(TlsTarget { config, name }))
+}
+
+/// What a TLS connection needs: the configuration and the name to verify.
+#[derive(Clone, Debug)]
+pub struct TlsTarget {
+    pub config: std::sync::Arc<rustls::ClientConfig>,
+    pub name: rustls::pki_types::ServerName<'static>,
+}
+
+/// Connects to `addr` and completes the TLS handshake, all within `timeout`.
+pub async fn connect_tls(
+    addr: &ListenAddr,
+    tls: TlsTarget,
+    timeout: Duration,
+) -> Result<ClientStream<TcpStream>, ClientError> {
+    let started = tokio::time::Instant::now();
+    let stream = connect(addr, timeout).await?;
+    let left = timeout.saturating_sub(started.elapsed());
+    let failed =
+        |why: String| ClientError::Failed(format!("TLS handshake with tls:{addr} failed: {why}"));
+    tokio::time::timeout(left, crate::tls::connect(stream, tls.config, tls.name))
+        .await
+        .map_err(|_| failed(format!("timed out after {}s", timeout.as_secs_f64())))?
+        .map_err(|error| failed(error.to_string()))
+}
+
+/// Connects to `addr` (every resolved address in turn) within `timeout`.
+pub async fn connect(addr: &ListenAddr, timeout: Duration) -> Result<TcpStream, ClientError> {
+    let failed = |why: String| ClientError::Failed(format!("cannot connect to {addr}: {why}"));
+    let stream = tokio::time::timeout(timeout, TcpStream::connect((addr.host(), addr.port())))
+        .await
+        .map_err(|_| failed(format!("timed out after {}s", timeout.as_secs_f64())))?
+        .map_err(|error| failed(error.to_string()))?;
+    stream
+        .set_nodelay(true)
+        .map_err(|error| failed(error.to_string()))?;
+    Ok(stream)
+}
+
+/// A client's UDP socket, connected to the first address `addr` resolves
+/// to (the client and the load generator share it).
+pub async fn udp_connect(addr: &ListenAddr) -> std::io::Result<UdpSocket> {
+    let target = tokio::net::lookup_host((addr.host(), addr.port()))
+        .await?
+        .next()
+        .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::NotFound, "no address found"))?;
+    let local = if target.is_ipv6() {
+        "[::]:0"
+    } else {
+        "0.0.0.0:0"
+    };
+    let socket = UdpSocket::bind(local).await?;
+    socket.connect(target).await?;
+    Ok(socket)
+}

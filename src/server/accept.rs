@@ -1,0 +1,119 @@
+//! The accept loop: one per stream listener. It accepts, admits (per-IP
+//! slot, then a connection permit) and spawns the session; serving the
+//! connection is the session's business, not this loop's.
+
+use std::{io, sync::Arc, time::Duration};
+
+use tracing::{debug, warn};
+
+use super::{
+    listen::{Listener, Stream},
+    session::{self, Shared, Transport},
+};
+use crate::config::ProxyProtocol;
+
+/// First and last wait after an accept error such as EMFILE.
+const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(5);
+const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
+
+/// Accepts until the shutdown drains, then returns, dropping (closing) the
+/// listener.
+pub async fn accept_loop(listener: Listener, shared: Arc<Shared>) {
+    let shutdown = shared.coordinator.shutdown();
+    let local = listener.describe();
+    let transport = if listener.is_tls() {
+        Transport::Tls
+    } else {
+        Transport::Plain
+    };
+    let mut backoff = ACCEPT_BACKOFF_MIN;
+    loop {
+        let accepted = tokio::select! {
+            biased;
+            _ = shutdown.draining() => return,
+            accepted = listener.accept() => accepted,
+        };
+        let (stream, peer, ip) = match accepted {
+            Ok(accepted) => {
+                backoff = ACCEPT_BACKOFF_MIN;
+                accepted
+            }
+            // The client gave up before we got to it: nothing to wait for.
+            Err(error) if is_gone_before_accept(&error) => {
+                debug!(%error, "accept: connection gone before it was accepted");
+                continue;
+            }
+            // Out of file descriptors or memory: retrying at once would spin
+            // a core. Wait, and let existing connections free resources.
+            Err(error) => {
+                warn!(
+                    %error,
+                    "accept failed on {local}; retrying in {}ms",
+                    backoff.as_millis()
+                );
+                tokio::select! {
+                    biased;
+                    _ = shutdown.draining() => return,
+                    () = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(ACCEPT_BACKOFF_MAX);
+                continue;
+            }
+        };
+        let mut admission = shared.gate.arrive();
+        // The per-IP limit is checked before the client takes a slot; behind
+        // a PROXY-protocol balancer it is the header's client that counts,
+        // so then it is checked once the header is read.
+        if shared.proxy == ProxyProtocol::Off && admission.claim_ip(ip, &peer).is_err() {
+            continue;
+        }
+        // The connection limit: at most one accepted connection per listener
+        // waits here for a slot; everyone else waits in the kernel backlog.
+        let permitted = tokio::select! {
+            biased;
+            _ = shutdown.draining() => return,
+            permitted = admission.permit() => permitted,
+        };
+        if permitted.is_none() {
+            return;
+        }
+        let connection = session::Connection {
+            peer,
+            admission,
+            shutdown: shared.coordinator.shutdown(),
+        };
+        match stream {
+            Stream::Tcp(stream) => {
+                // Echo replies are latency-bound: never hold one back for Nagle.
+                if shared.tcp_nodelay {
+                    if let Err(error) = stream.set_nodelay(true) {
+                        debug!(peer = %connection.peer, %error, "cannot set TCP_NODELAY");
+                    }
+                }
+                shared.coordinator.spawn(session::serve(
+                    stream,
+                    connection,
+                    transport,
+                    shared.clone(),
+                ))
+            }
+            #[cfg(unix)]
+            Stream::Unix(stream) => shared.coordinator.spawn(session::serve(
+                stream,
+                connection,
+                Transport::Plain,
+                shared.clone(),
+            )),
+        };
+    }
+}
+
+fn is_gone_before_accept(error: &io::Error) -> bool {
+    matches!(
+        error.kind(),
+        io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::ConnectionRefused
+            | io::ErrorKind::Interrupted
+    )
+}

@@ -1,0 +1,181 @@
+//! Admission: whether an accepted connection may be served, as one guard.
+//!
+//! An [`Admission`] holds everything a connection takes from the server:
+//! its place in the open-connections gauge, its per-IP slot, and its
+//! connection permit. All three are given back when the guard drops, so a
+//! connection task that ends in any way — an error, a cut, even a panic —
+//! cannot leak a slot or leave the gauge high.
+
+use std::{
+    collections::HashMap,
+    net::IpAddr,
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc, Mutex, MutexGuard,
+    },
+    time::{Duration, Instant},
+};
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tracing::{debug, info};
+
+use super::{metrics::Metrics, reason::Rejection};
+
+/// The limits every connection passes: `max_connections` and
+/// `max_connections_per_ip`.
+pub struct Gate {
+    permits: Arc<Semaphore>,
+    /// Connections one IP may hold; 0 = no limit. Changes on reload.
+    max_per_ip: AtomicUsize,
+    /// Open connections per client IP (only while a limit is set).
+    per_ip: Mutex<HashMap<IpAddr, usize>>,
+    /// Per-IP refusals, logged at most once per interval.
+    rejections: Mutex<RejectionLog>,
+    metrics: Option<Arc<Metrics>>,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl Gate {
+    pub fn new(max_connections: usize, max_per_ip: usize, metrics: Option<Arc<Metrics>>) -> Gate {
+        Gate {
+            permits: Arc::new(Semaphore::new(max_connections)),
+            max_per_ip: AtomicUsize::new(max_per_ip),
+            per_ip: Mutex::new(HashMap::new()),
+            rejections: Mutex::new(RejectionLog::new()),
+            metrics,
+        }
+    }
+
+    pub fn metrics(&self) -> Option<&Metrics> {
+        self.metrics.as_deref()
+    }
+
+    /// Applies a reloaded `max_connections_per_ip` to new connections.
+    pub fn set_max_per_ip(&self, max: usize) {
+        self.max_per_ip.store(max, Ordering::Relaxed);
+    }
+
+    /// A connection was accepted: it counts as open from now until its
+    /// guard drops.
+    pub fn arrive(self: &Arc<Self>) -> Admission {
+        if let Some(metrics) = &self.metrics {
+            metrics.accepted();
+        }
+        Admission {
+            gate: self.clone(),
+            permit: None,
+            ip: None,
+        }
+    }
+}
+
+/// A client IP already holds its `max_connections_per_ip`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OverLimit;
+
+/// One connection's claim on the server's limits; see the module docs.
+pub struct Admission {
+    gate: Arc<Gate>,
+    permit: Option<OwnedSemaphorePermit>,
+    /// The IP whose per-IP slot this connection holds.
+    ip: Option<IpAddr>,
+}
+
+impl Admission {
+    /// Takes a per-IP slot for `ip` (giving back one held for another IP,
+    /// as when a PROXY header names the real client). `Err` when `ip`
+    /// holds its limit already: the refusal is logged and counted, and the
+    /// caller closes the connection. No limit, or no IP: `Ok`.
+    pub fn claim_ip(&mut self, ip: Option<IpAddr>, peer: &str) -> Result<(), OverLimit> {
+        self.release_ip();
+        let max = self.gate.max_per_ip.load(Ordering::Relaxed);
+        let Some(ip) = ip.filter(|_| max > 0) else {
+            return Ok(());
+        };
+        let mut per_ip = lock(&self.gate.per_ip);
+        let open = per_ip.entry(ip).or_insert(0);
+        if *open < max {
+            *open += 1;
+            self.ip = Some(ip);
+            return Ok(());
+        }
+        drop(per_ip);
+        debug!(%peer, "refused: over the per-IP connection limit");
+        lock(&self.gate.rejections).reject(max);
+        self.reject(Rejection::PerIpLimit);
+        Err(OverLimit)
+    }
+
+    /// Waits for a connection permit (`max_connections`); `None` once the
+    /// server's semaphore is closed.
+    pub async fn permit(&mut self) -> Option<()> {
+        let permit = self.gate.permits.clone().acquire_owned().await.ok()?;
+        self.permit = Some(permit);
+        Some(())
+    }
+
+    /// Counts why the connection is refused before its echo began.
+    pub fn reject(&self, why: Rejection) {
+        if let Some(metrics) = &self.gate.metrics {
+            metrics.rejected(why);
+        }
+    }
+
+    fn release_ip(&mut self) {
+        let Some(ip) = self.ip.take() else { return };
+        let mut per_ip = lock(&self.gate.per_ip);
+        if let Some(open) = per_ip.get_mut(&ip) {
+            *open -= 1;
+            if *open == 0 {
+                per_ip.remove(&ip);
+            }
+        }
+    }
+}
+
+impl Drop for Admission {
+    fn drop(&mut self) {
+        self.release_ip();
+        if let Some(metrics) = &self.gate.metrics {
+            metrics.departed();
+        }
+    }
+}
+
+/// Counts rejections and logs them at most once per interval, so an attack
+/// cannot flood the log.
+#[derive(Debug)]
+struct RejectionLog {
+    count: u64,
+    since: Instant,
+}
+
+impl RejectionLog {
+    const INTERVAL: Duration = Duration::from_secs(10);
+
+    fn new() -> RejectionLog {
+        RejectionLog {
+            count: 0,
+            since: Instant::now(),
+        }
+    }
+
+    fn reject(&mut self, limit: usize) {
+        self.count += 1;
+        if self.since.elapsed() >= Self::INTERVAL {
+            info!(
+                rejected = self.count,
+                "refused {} connection(s) over the {limit}-per-IP limit in the last {}s",
+                self.count,
+                self.since.elapsed().as_secs()
+            );
+            self.count = 0;
+            self.since = Instant::now();
+        }
+    }
+}

@@ -1,0 +1,231 @@
+//! Binding: every socket the server serves, taken before anything is
+//! served, so a busy port or a bad TLS file fails start-up instead of
+//! a connection.
+//!
+//! Sockets come from the configuration, or — with systemd socket
+//! activation — from the service manager, which then replaces every
+//! configured `listen` and `udp` address.
+
+use std::{io, net::SocketAddr};
+
+use tokio::net::{TcpListener, UdpSocket};
+use tracing::{info, warn};
+
+#[cfg(unix)]
+use super::listen::UnixListener;
+use super::{
+    listen::Listener,
+    systemd::{self, Inherited},
+    ServerError,
+};
+use crate::{
+    addr::{resolve, Endpoint, ListenAddr},
+    config::Config,
+};
+
+/// Pending connections the kernel queues per listener (capped by
+/// `net.core.somaxconn`); clients past `max_connections` wait here.
+const LISTEN_BACKLOG: i32 = 4096;
+
+/// Every socket of a server, bound.
+pub struct Bound {
+    pub listeners: Vec<Listener>,
+    pub udp: Vec<UdpSocket>,
+    /// The metrics exporter's listener, when on.
+    pub metrics: Option<TcpListener>,
+    /// For `tls:` listeners.
+    pub tls: Option<tokio_rustls::TlsAcceptor>,
+}
+
+impl Bound {
+    /// Binds what `config` asks for (or adopts what systemd passed), then
+    /// logs `listening on ADDR` once per listener with its real port.
+    pub async fn new(config: &Config) -> Result<Bound, ServerError> {
+        let inherited = systemd::inherited()?;
+        // TLS files are checked before any port is taken (exit 2).
+        let wants_tls = if inherited.is_empty() {
+            config.listen.iter().any(|e| matches!(e, Endpoint::Tls(_)))
+        } else {
+            inherited.iter().any(|s| matches!(s, Inherited::Tls(_)))
+        };
+        let tls = if wants_tls {
+            Some(tls_acceptor(config)?)
+        } else {
+            None
+        };
+        let mut bound = Bound {
+            listeners: Vec::new(),
+            udp: Vec::new(),
+            metrics: None,
+            tls,
+        };
+        if inherited.is_empty() {
+            bound.bind_configured(config).await?;
+        } else {
+            info!(
+                "socket activation: serving the {} socket(s) passed by the service manager instead of the configured listen and udp addresses",
+                inherited.len()
+            );
+            bound.adopt(inherited)?;
+        }
+        if let Some(listen) = &config.metrics {
+            bound.metrics = Some(bind_metrics(listen).await?);
+        }
+        bound.log_listening();
+        Ok(bound)
+    }
+
+    fn adopt(&mut self, inherited: Vec<Inherited>) -> Result<(), ServerError> {
+        for socket in inherited {
+            match socket {
+                Inherited::Tcp(listener) => self
+                    .listeners
+                    .push(Listener::Tcp(TcpListener::from_std(listener)?)),
+                Inherited::Tls(listener) => self
+                    .listeners
+                    .push(Listener::Tls(TcpListener::from_std(listener)?)),
+                #[cfg(unix)]
+                Inherited::Unix(listener) => self
+                    .listeners
+                    .push(Listener::Unix(UnixListener::inherited(listener)?)),
+                Inherited::Udp(socket) => self.udp.push(UdpSocket::from_std(socket)?),
+            }
+        }
+        Ok(())
+    }
+
+    async fn bind_configured(&mut self, config: &Config) -> Result<(), ServerError> {
+        for endpoint in &config.listen {
+            match endpoint {
+                Endpoint::Tcp(listen) | Endpoint::Tls(listen) => {
+                    for addr in resolved(listen).await? {
+                        let listener = bind_listener(addr, config.reuse_port)
+                            .map_err(|source| ServerError::Bind { addr, source })?;
+                        self.listeners.push(match endpoint {
+                            Endpoint::Tls(_) => Listener::Tls(listener),
+                            _ => Listener::Tcp(listener),
+                        });
+                    }
+                }
+                #[cfg(unix)]
+                Endpoint::Unix(path) => {
+                    let listener =
+                        UnixListener::bind(path, config.unix_socket_mode).map_err(|reason| {
+                            ServerError::BindUnix {
+                                endpoint: endpoint.to_string(),
+                                reason,
+                            }
+                        })?;
+                    self.listeners.push(Listener::Unix(listener));
+                }
+                #[cfg(not(unix))]
+                Endpoint::Unix(_) => {
+                    return Err(ServerError::BindUnix {
+                        endpoint: endpoint.to_string(),
+                        reason: "Unix sockets are not supported on this platform".into(),
+                    })
+                }
+            }
+        }
+        for listen in &config.udp {
+            for addr in resolved(listen).await? {
+                self.udp.push(
+                    bind_udp(addr, config.reuse_port)
+                        .map_err(|source| ServerError::BindUdp { addr, source })?,
+                );
+            }
+        }
+        Ok(())
+    }
+
+    fn log_listening(&self) {
+        for listener in &self.listeners {
+            let address = listener.describe();
+            info!(%address, "listening on {address}");
+        }
+        for addr in self
+            .udp
+            .iter()
+            .filter_map(|socket| socket.local_addr().ok())
+        {
+            info!(address = %format!("udp:{addr}"), "listening on udp:{addr}");
+        }
+    }
+}
+
+/// The TLS acceptor from the configured files; a bad file is exit 2.
+pub fn tls_acceptor(config: &Config) -> Result<tokio_rustls::TlsAcceptor, ServerError> {
+    let mut warnings = Vec::new();
+    let tls = crate::tls::server_config(&config.tls, &mut warnings)?;
+    for warning in warnings {
+        warn!("{warning}");
+    }
+    Ok(tokio_rustls::TlsAcceptor::from(tls))
+}
+
+async fn resolved(listen: &ListenAddr) -> Result<Vec<SocketAddr>, ServerError> {
+    resolve(listen)
+        .await
+        .map_err(|source| ServerError::Resolve {
+            addr: listen.clone(),
+            source,
+        })
+}
+
+async fn bind_metrics(listen: &ListenAddr) -> Result<TcpListener, ServerError> {
+    let addr = resolved(listen).await?[0];
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|source| ServerError::BindMetrics { addr, source })?;
+    let addr = listener.local_addr()?;
+    info!(address = %addr, "metrics on http://{addr}/metrics");
+    Ok(listener)
+}
+
+/// A listening socket, set up the way a server wants it on every platform.
+fn bind_listener(addr: SocketAddr, reuse_port: bool) -> io::Result<TcpListener> {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    // Restarting must not fail on the previous run's TIME_WAIT sockets. (On
+    // Windows SO_REUSEADDR would allow stealing a live port, so not there.)
+    #[cfg(unix)]
+    socket.set_reuse_address(true)?;
+    set_reuse_port(&socket, reuse_port)?;
+    if addr.is_ipv6() {
+        // Explicit, so behaviour does not depend on the host's
+        // net.ipv6.bindv6only: [::] means IPv6 only; add 0.0.0.0 for IPv4.
+        socket.set_only_v6(true)?;
+    }
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(LISTEN_BACKLOG)?;
+    TcpListener::from_std(socket.into())
+}
+
+/// Binds a UDP socket (IPv6 sockets IPv6-only, as for TCP).
+fn bind_udp(addr: SocketAddr, reuse_port: bool) -> io::Result<UdpSocket> {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, None)?;
+    set_reuse_port(&socket, reuse_port)?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    UdpSocket::from_std(socket.into())
+}
+
+/// SO_REUSEPORT, so several processes share the port and the kernel
+/// spreads connections (or datagrams) between them.
+fn set_reuse_port(socket: &socket2::Socket, reuse_port: bool) -> io::Result<()> {
+    if !reuse_port {
+        return Ok(());
+    }
+    #[cfg(all(unix, not(any(target_os = "solaris", target_os = "illumos"))))]
+    return socket.set_reuse_port(true);
+    #[allow(unreachable_code)]
+    Err(io::Error::new(
+        io::ErrorKind::Unsupported,
+        "reuse_port is not supported on this platform",
+    ))
+}

@@ -1,0 +1,239 @@
+//! The daemon: binding, admission, accepting, sessions, the echo loop,
+//! shutdown, UDP, PROXY protocol, systemd and metrics.
+//!
+//! [`Server::bind`] binds every socket (so a busy port fails before
+//! anything is served) and logs `listening on ADDR` for each.
+//! [`Server::run`] starts one accept loop per listener
+//! ([`accept`]); each admitted connection ([`admission`]) runs its
+//! [`session`] — PROXY header, TLS handshake, then the [`echo`] loop — in
+//! its own task, spawned through the [`shutdown`] coordinator, which drains,
+//! cuts and counts them at the end.
+//!
+//! This side imports the shared bottom (codec, stream, addr, config, tls)
+//! and never the client.
+
+mod accept;
+pub mod admission;
+mod bind;
+pub mod echo;
+mod limits;
+pub mod listen;
+pub mod metrics;
+pub mod proxy;
+pub mod reason;
+mod session;
+pub mod shutdown;
+pub mod signals;
+pub mod systemd;
+pub mod udp;
+
+use std::{
+    future::Future,
+    io,
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+    time::Instant,
+};
+
+use tokio::task::JoinSet;
+use tracing::info;
+
+pub use self::shutdown::ShutdownReport;
+use self::{
+    admission::Gate, bind::Bound, echo::ConnectionSettings, listen::Listener, metrics::Metrics,
+    session::Shared, shutdown::Coordinator,
+};
+use crate::{addr::ListenAddr, codec::EchoCodec, config::Config};
+
+/// A start-up or run-time failure: exit code 1.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("cannot resolve {addr}: {source}")]
+    Resolve { addr: ListenAddr, source: io::Error },
+    #[error("cannot listen on {addr}: {source}")]
+    Bind { addr: SocketAddr, source: io::Error },
+    #[error("cannot listen on {endpoint}: {reason}")]
+    BindUnix { endpoint: String, reason: String },
+    #[error("cannot serve metrics on {addr}: {source}")]
+    BindMetrics { addr: SocketAddr, source: io::Error },
+    #[error("cannot listen on udp:{addr}: {source}")]
+    BindUdp { addr: SocketAddr, source: io::Error },
+    /// A TLS file cannot be used: a configuration error (exit 2).
+    #[error("{0}")]
+    Tls(#[from] crate::tls::TlsError),
+    #[error("{0}")]
+    Io(#[from] io::Error),
+}
+
+impl ServerError {
+    /// 2 for a configuration error found while starting, else 1.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            ServerError::Tls(_) => crate::EXIT_USAGE,
+            _ => crate::EXIT_FAILURE,
+        }
+    }
+}
+
+/// A bound, not yet serving, echo server.
+pub struct Server {
+    bound: Bound,
+    local_addrs: Vec<SocketAddr>,
+    udp_addrs: Vec<SocketAddr>,
+    metrics_addr: Option<SocketAddr>,
+    config: Config,
+}
+
+impl Server {
+    /// Resolves and binds every listen address of `config`, then logs
+    /// `listening on ADDR` once per listener with its real port.
+    pub async fn bind(config: Config) -> Result<Server, ServerError> {
+        let bound = Bound::new(&config).await?;
+        let local_addrs = bound
+            .listeners
+            .iter()
+            .filter_map(Listener::tcp_addr)
+            .collect();
+        let udp_addrs = bound
+            .udp
+            .iter()
+            .filter_map(|socket| socket.local_addr().ok())
+            .collect();
+        let metrics_addr = bound
+            .metrics
+            .as_ref()
+            .and_then(|listener| listener.local_addr().ok());
+        Ok(Server {
+            bound,
+            local_addrs,
+            udp_addrs,
+            metrics_addr,
+            config,
+        })
+    }
+
+    /// The bound UDP addresses, with the real port where port 0 was asked.
+    pub fn udp_addrs(&self) -> &[SocketAddr] {
+        &self.udp_addrs
+    }
+
+    /// Where the Prometheus exporter listens, when metrics are on.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr
+    }
+
+    /// The bound addresses, with the real port where port 0 was asked.
+    pub fn local_addrs(&self) -> &[SocketAddr] {
+        &self.local_addrs
+    }
+
+    /// Serves until `shutdown` resolves (with a name for the log), then
+    /// shuts down gracefully: listeners close at once, every connection
+    /// echoes what it has and closes, and whatever is still open after
+    /// `shutdown_grace` is cut.
+    pub async fn run<F, S>(self, shutdown: F) -> ShutdownReport
+    where
+        F: Future<Output = S>,
+        S: std::fmt::Display,
+    {
+        self.serve(shutdown, std::future::pending::<&str>()).await
+    }
+
+    /// As [`run`](Self::run); when `cut_now` resolves during the grace
+    /// period (a second signal), every connection is cut at once.
+    async fn serve<F, S, C, D>(self, shutdown: F, cut_now: C) -> ShutdownReport
+    where
+        F: Future<Output = S>,
+        S: std::fmt::Display,
+        C: Future<Output = D>,
+        D: std::fmt::Display,
+    {
+        let Server { bound, config, .. } = self;
+        let metrics = bound
+            .metrics
+            .as_ref()
+            .map(|_| Arc::new(Metrics::new(!bound.udp.is_empty())));
+        let shared = Arc::new(Shared {
+            settings: ConnectionSettings {
+                codec: EchoCodec::new(config.framing, config.max_frame_length),
+                idle_timeout: config.idle_timeout,
+                frame_timeout: config.frame_timeout,
+            },
+            gate: Arc::new(Gate::new(
+                config.max_connections,
+                config.max_connections_per_ip,
+                metrics.clone(),
+            )),
+            tcp_nodelay: config.tcp_nodelay,
+            proxy: config.proxy_protocol,
+            tls: bound.tls,
+            tls_handshake_timeout: config.tls_handshake_timeout,
+            // The header is the connection's first "frame": a balancer sends
+            // it at once, so the frame timeout (else the idle one) bounds it.
+            header_timeout: config.frame_timeout.or(config.idle_timeout),
+            coordinator: Coordinator::new(),
+        });
+        let mut tasks = JoinSet::new();
+        for listener in bound.listeners {
+            tasks.spawn(accept::accept_loop(listener, shared.clone()));
+        }
+        if let (Some(listener), Some(metrics)) = (bound.metrics, &metrics) {
+            let shutdown = shared.coordinator.shutdown();
+            tasks.spawn(metrics::serve(listener, metrics.clone(), shutdown));
+        }
+        if !bound.udp.is_empty() {
+            let limiter = Arc::new(Mutex::new(udp::Limiter::new(
+                config.udp_limits.clone(),
+                Instant::now(),
+            )));
+            for socket in bound.udp {
+                let (limiter, metrics) = (limiter.clone(), metrics.clone());
+                let shutdown = shared.coordinator.shutdown();
+                tasks.spawn(udp::serve(socket, limiter, metrics, shutdown));
+            }
+            tasks.spawn(udp::report_drops(limiter, shared.coordinator.shutdown()));
+        }
+
+        systemd::notify_ready();
+        let cause = shutdown.await;
+        systemd::notify_stopping();
+        let grace = config.shutdown_grace;
+        shared.coordinator.drain();
+        // Every accept loop returns at once on drain, dropping (closing) its listener.
+        while tasks.join_next().await.is_some() {}
+        info!(
+            "{cause}: shutting down; listeners closed, {} open connection(s) get {:.1}s to finish",
+            shared.coordinator.open(),
+            grace.as_secs_f64()
+        );
+        let report = shared.coordinator.finish(grace, cut_now).await;
+        info!("shutdown complete");
+        report
+    }
+}
+
+/// The whole daemon: a runtime, signal handlers (installed before any
+/// listener is bound), the listeners, and serving until SIGINT/SIGTERM; a
+/// second signal during the grace period cuts what is still open.
+pub fn run_until_signalled(config: Config) -> Result<ShutdownReport, ServerError> {
+    let runtime = match config.workers {
+        1 => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?,
+        workers => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(workers)
+            .enable_all()
+            .build()?,
+    };
+    runtime.block_on(async {
+        let signals = signals::Signals::install()?;
+        let (workers, max_connections) = (config.workers, config.max_connections);
+        let server = Server::bind(config).await?;
+        info!(workers, "runtime: {workers} worker thread(s)");
+        limits::check_descriptor_limit(max_connections);
+        let signals = tokio::sync::Mutex::new(signals);
+        let first = async { signals.lock().await.recv().await };
+        let second = async { signals.lock().await.recv().await };
+        Ok(server.serve(first, second).await)
+    })
+}

@@ -1,0 +1,257 @@
+//! One connection's session: its PROXY header when the listener expects
+//! one, then the TLS handshake on a TLS listener, then the echo until the
+//! connection ends or is cut, then one log line.
+//!
+//! Every listener kind reaches the echo through [`serve`]; what differs
+//! (plain or TLS, PROXY or not) is chosen in one `match`.
+
+use std::{
+    net::SocketAddr,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use bytes::BytesMut;
+use tracing::{debug, info, Instrument};
+
+use super::{
+    admission::{Admission, Gate},
+    echo::{self, ConnectionSettings, ConnectionStats},
+    proxy::{self, HeaderError},
+    reason::{CloseReason, Rejection},
+    shutdown::{Coordinator, Shutdown},
+};
+use crate::{
+    config::ProxyProtocol,
+    stream::{is_disconnect, EchoStream, Rewind},
+};
+
+/// What the accept loops and sessions share.
+pub struct Shared {
+    pub settings: ConnectionSettings,
+    pub gate: Arc<Gate>,
+    pub tcp_nodelay: bool,
+    /// Whether connections start with a PROXY protocol header.
+    pub proxy: ProxyProtocol,
+    /// Accepts TLS on `tls:` listeners.
+    pub tls: Option<tokio_rustls::TlsAcceptor>,
+    pub tls_handshake_timeout: Duration,
+    /// How long the PROXY header may take; `None` = no limit.
+    pub header_timeout: Option<Duration>,
+    pub coordinator: Coordinator,
+}
+
+/// Whether a connection's bytes are the echo's, or TLS records around it.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    Plain,
+    Tls,
+}
+
+/// An admitted connection, before its session starts.
+pub struct Connection {
+    /// `IP:PORT` for logs (the PROXY header's client once read).
+    pub peer: String,
+    pub admission: Admission,
+    pub shutdown: Shutdown,
+}
+
+/// Runs one connection's whole session.
+pub async fn serve<S: EchoStream + Send + 'static>(
+    stream: S,
+    connection: Connection,
+    transport: Transport,
+    shared: Arc<Shared>,
+) {
+    // The plain path stays small: a task's allocation is as large as its
+    // largest state, so the PROXY header and TLS handshake states (over a
+    // kilobyte for rustls) are boxed rather than carried by every plain
+    // connection.
+    match (shared.proxy, transport) {
+        (ProxyProtocol::Off, Transport::Plain) => {
+            echo_connection(stream, connection, None, &shared).await
+        }
+        (ProxyProtocol::Off, Transport::Tls) => Box::pin(secure(stream, connection, &shared)).await,
+        (_, transport) => Box::pin(read_proxy_header(stream, connection, transport, &shared)).await,
+    }
+}
+
+/// The PROXY header, then the rest of the connection with the client it
+/// names.
+async fn read_proxy_header<S: EchoStream + Send + 'static>(
+    mut stream: S,
+    mut connection: Connection,
+    transport: Transport,
+    shared: &Shared,
+) {
+    let mut pending = BytesMut::new();
+    let read = proxy::read_header(&mut stream, shared.proxy, &mut pending);
+    let read = async {
+        match shared.header_timeout {
+            Some(limit) => tokio::time::timeout(limit, read)
+                .await
+                .unwrap_or(Err(HeaderError::Timeout(limit))),
+            None => read.await,
+        }
+    };
+    let header = tokio::select! {
+        biased;
+        // Nothing of the client's has been received yet: nothing to echo.
+        _ = connection.shutdown.draining() => Err(HeaderError::Shutdown),
+        header = read => header,
+    };
+    let peer = &connection.peer;
+    let ip = match header {
+        Ok(proxy::Header {
+            source: Some(client),
+            ..
+        }) => {
+            debug!(proxy = %peer, client = %client, "PROXY header from {peer}: client {client}");
+            connection.peer = client.to_string();
+            Some(client.ip())
+        }
+        Ok(proxy::Header { source: None, .. }) => {
+            peer.parse::<SocketAddr>().ok().map(|addr| addr.ip())
+        }
+        Err(error) => {
+            if error.is_routine() {
+                debug!(%peer, %error, "connection from {peer} refused: {error}");
+            } else {
+                info!(%peer, %error, "connection from {peer} refused: {error}");
+            }
+            connection.admission.reject(Rejection::ProxyHeader);
+            if !matches!(error, HeaderError::Shutdown | HeaderError::Closed(_)) {
+                echo::close_gently(&mut stream, &connection.shutdown).await;
+            }
+            return;
+        }
+    };
+    if connection.admission.claim_ip(ip, &connection.peer).is_err() {
+        return;
+    }
+    let stream = Rewind::new(pending, stream);
+    match transport {
+        Transport::Plain => echo_connection(stream, connection, None, shared).await,
+        Transport::Tls => secure(stream, connection, shared).await,
+    }
+}
+
+/// The TLS handshake (bounded by the handshake timeout, so half-open
+/// handshakes cannot hold slots), then the echo.
+async fn secure<S: EchoStream + Send + 'static>(
+    stream: S,
+    connection: Connection,
+    shared: &Shared,
+) {
+    let Some(acceptor) = shared.tls.clone() else {
+        unreachable!("TLS listeners are bound with an acceptor");
+    };
+    let limit = shared.tls_handshake_timeout;
+    let peer = &connection.peer;
+    let handshake = tokio::select! {
+        biased;
+        _ = connection.shutdown.draining() => Err(("server shutting down".to_owned(), None)),
+        handshake = tokio::time::timeout(limit, acceptor.accept(stream).into_fallible()) => {
+            match handshake {
+                Ok(Ok(stream)) => Ok(stream),
+                Ok(Err((error, stream))) => Err((error.to_string(), Some((error.kind(), stream)))),
+                Err(_) => Err((format!("not complete within {limit:?}"), None)),
+            }
+        }
+    };
+    let (reason, failed) = match handshake {
+        Ok(stream) => {
+            let session = stream.get_ref().1;
+            let subject = crate::tls::peer_subject(session);
+            debug!(
+                %peer,
+                version = ?session.protocol_version(),
+                kind = ?session.handshake_kind(),
+                client_cert = subject.as_deref().unwrap_or("-"),
+                "TLS handshake with {peer} done"
+            );
+            return echo_connection(stream, connection, subject, shared).await;
+        }
+        Err(failure) => failure,
+    };
+    connection.admission.reject(Rejection::TlsHandshake);
+    // A client that vanished mid-handshake (a port scan, a health check, an
+    // aborted client) or a shutdown is routine: DEBUG.
+    let vanished = failed
+        .as_ref()
+        .is_some_and(|(kind, _)| is_disconnect(*kind));
+    if vanished || connection.shutdown.is_draining() {
+        debug!(%peer, %reason, "TLS handshake with {peer} failed: {reason}");
+        return;
+    }
+    info!(%peer, %reason, "TLS handshake with {peer} failed: {reason}");
+    if let Some((_, mut stream)) = failed {
+        // Let the alert that says why reach the client.
+        echo::close_gently(&mut stream, &connection.shutdown).await;
+    }
+}
+
+/// Echoes until the connection ends or is cut, then logs one line.
+/// `client_cert` is the subject of a verified TLS client certificate.
+async fn echo_connection<S: EchoStream>(
+    mut stream: S,
+    connection: Connection,
+    client_cert: Option<String>,
+    shared: &Shared,
+) {
+    let opened = Instant::now();
+    let (peer, client_cert) = (&connection.peer, client_cert.as_deref());
+    match client_cert {
+        Some(subject) => debug!(%peer, client_cert = subject, "connection opened"),
+        None => debug!(%peer, "connection opened"),
+    }
+    let mut stats = ConnectionStats::default();
+    // Events inside the echo loop (TRACE `read`) name their connection.
+    let span = tracing::debug_span!(target: "echod::connection", "connection", %peer, client_cert);
+    let metrics = shared.gate.metrics();
+    let echo = echo::echo(
+        &mut stream,
+        &shared.settings,
+        &connection.shutdown,
+        &mut stats,
+        metrics.map(|metrics| &metrics.echo),
+    );
+    let reason = tokio::select! {
+        biased;
+        _ = connection.shutdown.cut() => CloseReason::Cut,
+        reason = echo.instrument(span) => reason,
+    };
+    let lifetime = opened.elapsed();
+    if let Some(metrics) = metrics {
+        metrics.closed(&reason, lifetime);
+    }
+    log_close(peer, client_cert, &reason, &stats, lifetime);
+}
+
+fn log_close(
+    peer: &str,
+    client_cert: Option<&str>,
+    reason: &CloseReason,
+    stats: &ConnectionStats,
+    lifetime: Duration,
+) {
+    macro_rules! close_event {
+        ($level:ident) => {
+            tracing::$level!(
+                %peer,
+                client_cert,
+                %reason,
+                bytes_received = stats.bytes_received,
+                bytes_echoed = stats.bytes_echoed,
+                bytes_truncated = stats.bytes_truncated,
+                duration_ms = lifetime.as_millis() as u64,
+                "connection from {peer} closed: {reason}"
+            )
+        };
+    }
+    if reason.is_routine() && stats.bytes_truncated == 0 {
+        close_event!(debug);
+    } else {
+        close_event!(info);
+    }
+}

@@ -1,0 +1,145 @@
+//! The server's TLS: its rustls configuration from the configured files,
+//! the verified client's subject for logs, and the echo loop's view of a
+//! TLS stream.
+
+use std::{
+    io::{self, Read},
+    sync::Arc,
+    task::{Context, Poll},
+};
+
+use bytes::BytesMut;
+use rustls::{pki_types::CertificateDer, server::WebPkiClientVerifier, ServerConfig};
+
+use super::{load_certs, load_key, load_roots, provider, TlsError, VERSIONS};
+use crate::{config::TlsFiles, stream::EchoStream};
+
+/// The server's TLS configuration, from `files` (cert and key required).
+/// A certificate outside its validity period is a warning: clients will
+/// refuse it, but the operator may be testing exactly that.
+pub fn server_config(
+    files: &TlsFiles,
+    warnings: &mut Vec<String>,
+) -> Result<Arc<ServerConfig>, TlsError> {
+    let (Some(cert_path), Some(key_path)) = (&files.cert, &files.key) else {
+        return Err(TlsError(
+            "a TLS listener needs tls_cert and tls_key (--tls-cert FILE --tls-key FILE)".into(),
+        ));
+    };
+    let certs = load_certs(cert_path, "tls_cert")?;
+    let key = load_key(key_path, "tls_key")?;
+    if let Some(problem) = validity_problem(&certs[0]) {
+        warnings.push(format!("tls_cert {}: {problem}", cert_path.display()));
+    }
+    let builder = ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(VERSIONS)
+        .map_err(|error| TlsError(format!("TLS setup: {error}")))?;
+    let builder = match &files.client_ca {
+        Some(ca_path) => {
+            let roots = load_roots(ca_path, "tls_client_ca")?;
+            let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
+                .build()
+                .map_err(|error| {
+                    TlsError(format!("tls_client_ca {}: {error}", ca_path.display()))
+                })?;
+            builder.with_client_cert_verifier(verifier)
+        }
+        None => builder.with_no_client_auth(),
+    };
+    let config = builder.with_single_cert(certs, key).map_err(|error| {
+        TlsError(format!(
+            "tls_cert {} and tls_key {}: {}",
+            cert_path.display(),
+            key_path.display(),
+            match error {
+                rustls::Error::InconsistentKeys(_) =>
+                    "the private key does not match the certificate".to_owned(),
+                other => other.to_string(),
+            }
+        ))
+    })?;
+    Ok(Arc::new(config))
+}
+
+/// "expired on …" or "not valid before …", if the certificate is not
+/// valid now.
+fn validity_problem(cert: &CertificateDer<'_>) -> Option<String> {
+    let (_, parsed) = x509_parser::parse_x509_certificate(cert).ok()?;
+    let validity = parsed.validity();
+    let now = x509_parser::time::ASN1Time::now();
+    if now > validity.not_after {
+        Some(format!("the certificate expired on {}", validity.not_after))
+    } else if now < validity.not_before {
+        Some(format!(
+            "the certificate is not valid before {}",
+            validity.not_before
+        ))
+    } else {
+        None
+    }
+}
+
+/// The subject of a verified client certificate (mutual TLS), for logs:
+/// `CN=client-1, O=Example`.
+pub fn peer_subject(connection: &rustls::ServerConnection) -> Option<String> {
+    let leaf = connection.peer_certificates()?.first()?;
+    let (_, parsed) = x509_parser::parse_x509_certificate(leaf).ok()?;
+    Some(parsed.subject().to_string())
+}
+
+/// A TLS connection served by the echo loop.
+impl<IO: EchoStream> EchoStream for tokio_rustls::server::TlsStream<IO> {
+    /// A write may leave encrypted records in the session.
+    const NEEDS_FLUSH: bool = true;
+
+    /// Always ready: decrypted bytes may wait inside the TLS session while
+    /// the socket is quiet, so only a read can tell. (A read that has to
+    /// wait still gives its buffer back to the pool.)
+    fn poll_read_ready(&self, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    /// The plaintext of every record that has arrived, without waiting:
+    /// what the session holds already, then what the socket holds (read
+    /// with a real non-blocking `recv`, as for plain sockets).
+    fn read_arrived(&mut self, buf: &mut BytesMut) -> io::Result<Option<usize>> {
+        let (socket, session) = self.get_mut();
+        let before = buf.len();
+        let mut closed = drain_plaintext(session, buf)?;
+        while !closed && buf.len() == before {
+            let mut ciphertext = BytesMut::with_capacity(16 * 1024 + 512);
+            match socket.read_arrived(&mut ciphertext)? {
+                None => return Ok(None),
+                Some(0) => {
+                    closed = true;
+                    break;
+                }
+                Some(_) => {}
+            }
+            let mut records = &ciphertext[..];
+            while !records.is_empty() {
+                session.read_tls(&mut records)?;
+                session
+                    .process_new_packets()
+                    .map_err(|error| io::Error::new(io::ErrorKind::InvalidData, error))?;
+                closed |= drain_plaintext(session, buf)?;
+            }
+        }
+        let read = buf.len() - before;
+        Ok(if read > 0 || closed { Some(read) } else { None })
+    }
+}
+
+/// Moves the session's decrypted bytes into `buf`; true once the peer has
+/// closed the TLS stream (close_notify).
+fn drain_plaintext(session: &mut rustls::ServerConnection, buf: &mut BytesMut) -> io::Result<bool> {
+    let mut chunk = [0u8; 16 * 1024];
+    loop {
+        match session.reader().read(&mut chunk) {
+            Ok(0) => return Ok(true),
+            Ok(read) => buf.extend_from_slice(&chunk[..read]),
+            Err(error) if error.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+            Err(error) => return Err(error),
+        }
+    }
+}
