@@ -8,7 +8,7 @@ use tracing::{debug, warn};
 
 use super::{
     listen::{Listener, Stream},
-    session::{self, Shared, Transport},
+    session::{self, Connection, Shared, Transport},
 };
 use crate::config::ProxyProtocol;
 
@@ -82,29 +82,33 @@ pub async fn accept_loop(listener: Listener, shared: Arc<Shared>) {
             admission,
             shutdown: shared.coordinator.shutdown(),
         };
-        match stream {
-            Stream::Tcp(stream) => {
-                // Echo replies are latency-bound: never hold one back for Nagle.
-                if shared.tcp_nodelay {
-                    if let Err(error) = stream.set_nodelay(true) {
-                        debug!(peer = %connection.peer, %error, "cannot set TCP_NODELAY");
-                    }
+        spawn_session(stream, connection, transport, &shared);
+    }
+}
+
+/// Hands an admitted connection to its own session task.
+fn spawn_session(
+    stream: Stream,
+    connection: Connection,
+    transport: Transport,
+    shared: &Arc<Shared>,
+) {
+    match stream {
+        Stream::Tcp(stream) => {
+            // Echo replies are latency-bound: never hold one back for Nagle.
+            if shared.tcp_nodelay {
+                if let Err(error) = stream.set_nodelay(true) {
+                    debug!(peer = %connection.peer, %error, "cannot set TCP_NODELAY");
                 }
-                shared.coordinator.spawn(session::serve(
-                    stream,
-                    connection,
-                    transport,
-                    shared.clone(),
-                ))
             }
-            #[cfg(unix)]
-            Stream::Unix(stream) => shared.coordinator.spawn(session::serve(
-                stream,
-                connection,
-                Transport::Plain,
-                shared.clone(),
-            )),
-        };
+            let session = session::serve(stream, connection, transport, shared.clone());
+            shared.coordinator.spawn(session);
+        }
+        #[cfg(unix)]
+        Stream::Unix(stream) => {
+            let session = session::serve(stream, connection, Transport::Plain, shared.clone());
+            shared.coordinator.spawn(session);
+        }
     }
 }
 

@@ -31,6 +31,41 @@ use super::{
 
 type Labels = [(&'static str, &'static str); 1];
 
+/// Registers a metric (with a unit, when one is named).
+macro_rules! add {
+    ($registry:ident, $name:expr, $help:expr, $metric:expr) => {
+        $registry.register($name, $help, $metric.clone())
+    };
+    ($registry:ident, $name:expr, $help:expr, $unit:ident, $metric:expr) => {
+        $registry.register_with_unit(
+            $name,
+            $help,
+            prometheus_client::registry::Unit::$unit,
+            $metric.clone(),
+        )
+    };
+}
+
+/// Connection lifetimes from 1 ms to about 9 hours, in seconds.
+const DURATION_BUCKETS: [f64; 10] = [
+    0.001, 0.01, 0.1, 1.0, 10.0, 60.0, 300.0, 1800.0, 3600.0, 32768.0,
+];
+
+/// The labelled metrics, which the registry holds whole while
+/// [`Metrics`] keeps one counter per label.
+#[derive(Default)]
+struct Families {
+    rejected: Family<Labels, Counter>,
+    closed: Family<Labels, Counter>,
+    udp_dropped: Family<Labels, Counter>,
+}
+
+/// One `reason` series of a family, created once at start-up, so it shows
+/// as 0 from the first scrape and counting it later is a plain atomic add.
+fn series(family: &Family<Labels, Counter>, reason: &'static str) -> Counter {
+    family.get_or_create(&[("reason", reason)]).clone()
+}
+
 /// The counters the echo loop itself updates.
 #[derive(Clone, Default, Debug)]
 pub struct EchoCounters {
@@ -56,89 +91,88 @@ impl Metrics {
     /// Registers every metric; the UDP ones only when `udp` (the server has
     /// UDP listeners), so a scrape shows what exists.
     pub fn new(udp: bool) -> Metrics {
-        let mut registry = Registry::with_prefix("echod");
-        let echo = EchoCounters::default();
-        let connections_open = Gauge::default();
-        let connections_total = Counter::default();
-        let rejected_family = Family::<Labels, Counter>::default();
-        let closed_family = Family::<Labels, Counter>::default();
-        // Connection lifetimes from 1 ms to about 9 hours.
-        let duration = Histogram::new([
-            0.001, 0.01, 0.1, 1.0, 10.0, 60.0, 300.0, 1800.0, 3600.0, 32768.0,
-        ]);
-        let udp_echoed = Counter::default();
-        let udp_family = Family::<Labels, Counter>::default();
+        let families = Families::default();
+        let mut metrics = Metrics {
+            registry: Registry::with_prefix("echod"),
+            echo: EchoCounters::default(),
+            connections_open: Gauge::default(),
+            connections_total: Counter::default(),
+            rejected: Rejection::ALL.map(|r| series(&families.rejected, r.label())),
+            closed: CloseReason::LABELS.map(|label| series(&families.closed, label)),
+            duration: Histogram::new(DURATION_BUCKETS),
+            udp_echoed: Counter::default(),
+            udp_dropped: DropReason::ALL.map(|r| series(&families.udp_dropped, r.label())),
+        };
+        metrics.register(&families, udp);
+        metrics
+    }
 
-        registry.register(
+    fn register(&mut self, families: &Families, udp: bool) {
+        let registry = &mut self.registry;
+        add!(
+            registry,
             "connections_open",
             "Stream connections being served now",
-            connections_open.clone(),
+            self.connections_open
         );
-        registry.register(
+        add!(
+            registry,
             "connections",
             "Stream connections accepted",
-            connections_total.clone(),
+            self.connections_total
         );
-        registry.register(
+        add!(
+            registry,
             "connections_rejected",
             "Accepted connections refused before the echo, by reason",
-            rejected_family.clone(),
+            families.rejected
         );
-        registry.register(
+        add!(
+            registry,
             "connections_closed",
             "Served connections closed, by reason",
-            closed_family.clone(),
+            families.closed
         );
-        registry.register_with_unit(
+        add!(
+            registry,
             "connection_duration",
             "How long served connections lasted",
-            prometheus_client::registry::Unit::Seconds,
-            duration.clone(),
+            Seconds,
+            self.duration
         );
-        registry.register_with_unit(
+        add!(
+            registry,
             "received",
             "Bytes received from clients",
-            prometheus_client::registry::Unit::Bytes,
-            echo.bytes_received.clone(),
+            Bytes,
+            self.echo.bytes_received
         );
-        registry.register_with_unit(
+        add!(
+            registry,
             "echoed",
             "Bytes echoed back to clients",
-            prometheus_client::registry::Unit::Bytes,
-            echo.bytes_echoed.clone(),
+            Bytes,
+            self.echo.bytes_echoed
         );
-        registry.register(
+        add!(
+            registry,
             "frames_echoed",
             "Frames echoed (lines or length frames; raw framing has none)",
-            echo.frames_echoed.clone(),
+            self.echo.frames_echoed
         );
         if udp {
-            registry.register(
+            add!(
+                registry,
                 "udp_datagrams_echoed",
                 "UDP datagrams echoed",
-                udp_echoed.clone(),
+                self.udp_echoed
             );
-            registry.register(
+            add!(
+                registry,
                 "udp_datagrams_dropped",
                 "UDP datagrams that got no reply, by reason",
-                udp_family.clone(),
+                families.udp_dropped
             );
-        }
-        // Each labelled series is created once here, so it shows as 0 from
-        // the first scrape and counting it later is a plain atomic add.
-        let series = |family: &Family<Labels, Counter>, key, value| {
-            family.get_or_create(&[(key, value)]).clone()
-        };
-        Metrics {
-            registry,
-            echo,
-            connections_open,
-            connections_total,
-            rejected: Rejection::ALL.map(|r| series(&rejected_family, "reason", r.label())),
-            closed: CloseReason::LABELS.map(|label| series(&closed_family, "reason", label)),
-            duration,
-            udp_echoed,
-            udp_dropped: DropReason::ALL.map(|r| series(&udp_family, "reason", r.label())),
         }
     }
 

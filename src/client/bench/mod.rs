@@ -14,6 +14,7 @@
 
 mod driver;
 pub mod report;
+mod udp;
 
 use std::{
     io::{self, IsTerminal, Write},
@@ -27,8 +28,9 @@ use hdrhistogram::Histogram;
 use tokio::task::JoinHandle;
 
 use self::{
-    driver::{Tally, UDP_HEADER},
+    driver::Tally,
     report::{render, write_histogram, Report},
+    udp::UDP_HEADER,
 };
 use super::{chaos::Chaos, parse_seconds, ClientError, Conn, Target};
 use crate::{
