@@ -822,3 +822,96 @@ impl ListeningTls for ServerProcess {
             .unwrap_or_else(|| panic!("no address in {line}"))
     }
 }
+
+/// Hostile: a client floods without reading (so the server is held in a
+/// write), then sends `close_notify` with more bytes behind it in the same
+/// segment, and the server is shut down. The drain must see the stream as
+/// closed and finish; before, rustls's `read_tls` returned 0 without
+/// consuming the trailing bytes and the drain spun on a core forever, so
+/// the connection never closed and the shutdown never ended (this test then
+/// hangs: a spinning worker cannot be stopped from the test).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_close_notify_followed_by_more_records_does_not_spin_the_drain() {
+    use std::io::{Read, Write};
+    let pki = Pki::new();
+    let mut server = TestServer::start(Config {
+        shutdown_grace: Duration::from_secs(60),
+        ..pki.server_config()
+    })
+    .await;
+    let addr = server.addr();
+    let args = pki.client_args("ca.pem", None);
+    let config = echod::tls::client_config(&args).unwrap();
+    let name = echod::tls::server_name(&args, "localhost").unwrap();
+    // Handshake, then flood lines without reading until our writes stall.
+    let (mut tcp, tail) = tokio::task::spawn_blocking(move || {
+        let mut tcp = std::net::TcpStream::connect(addr).unwrap();
+        let mut tls = rustls::ClientConnection::new(config, name).unwrap();
+        while tls.is_handshaking() {
+            tls.complete_io(&mut tcp).unwrap();
+        }
+        tcp.set_write_timeout(Some(Duration::from_millis(300)))
+            .unwrap();
+        let lines = b"a line the server echoes while nobody reads\n".repeat(400);
+        'flood: loop {
+            tls.writer().write_all(&lines).unwrap();
+            while tls.wants_write() {
+                if tls.write_tls(&mut tcp).is_err() {
+                    break 'flood; // the server stopped reading: backpressure
+                }
+            }
+        }
+        // What is still queued, then close_notify, then bytes after it.
+        let mut tail = Vec::new();
+        tls.send_close_notify();
+        while tls.wants_write() {
+            tls.write_tls(&mut tail).unwrap();
+        }
+        // More records than one read_tls call takes (it reads 4 KiB at most).
+        for _ in 0..8 {
+            tail.extend_from_slice(&[0x17, 0x03, 0x03, 0x04, 0x00]);
+            tail.extend_from_slice(&[0xAB; 1024]);
+        }
+        (tcp, tail)
+    })
+    .await
+    .unwrap();
+    // Shut down while the server is stuck writing; the listener closing
+    // tells that the drain has begun.
+    server.begin_shutdown();
+    let deadline = std::time::Instant::now() + PATIENCE;
+    while TcpStream::connect(addr).await.is_ok() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "listener never closed"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let mut writer = tcp.try_clone().unwrap();
+    writer.set_write_timeout(None).unwrap();
+    let sending = std::thread::spawn(move || writer.write_all(&tail));
+    // Read (and discard) every echo; the server must then close.
+    let closed = tokio::task::spawn_blocking(move || {
+        tcp.set_read_timeout(Some(PATIENCE)).unwrap();
+        let mut chunk = vec![0u8; 64 * 1024];
+        loop {
+            match tcp.read(&mut chunk) {
+                Ok(0) => return true,
+                Ok(_) => continue,
+                Err(error) if error.kind() == std::io::ErrorKind::ConnectionReset => return true,
+                Err(_) => return false, // timed out: the server never closed
+            }
+        }
+    })
+    .await
+    .unwrap();
+    assert!(
+        closed,
+        "the server never closed the connection after close_notify"
+    );
+    let _ = sending.join();
+    let report = tokio::time::timeout(PATIENCE, server.finished())
+        .await
+        .expect("the shutdown finished");
+    assert_eq!(report.cut, 0);
+}

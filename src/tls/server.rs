@@ -118,7 +118,14 @@ impl<IO: EchoStream> EchoStream for tokio_rustls::server::TlsStream<IO> {
             }
             let mut records = &ciphertext[..];
             while !records.is_empty() {
-                session.read_tls(&mut records)?;
+                // Once the peer's close_notify has arrived, rustls takes no
+                // more input (read_tls returns 0): what follows it is
+                // discarded and the stream is closed. Every pass of this
+                // loop consumes input or stops.
+                if session.read_tls(&mut records)? == 0 {
+                    closed = true;
+                    break;
+                }
                 session
                     .process_new_packets()
                     .map_err(|error| io::Error::new(io::ErrorKind::InvalidData, error))?;
