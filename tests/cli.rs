@@ -273,3 +273,29 @@ async fn log_level_flag_and_rust_log_filter_events() {
     round_trip(addr, b"x\n").await;
     by_env.wait_for("connection opened");
 }
+
+/// Hostile values at the edges of every duration: a timeout so large that
+/// `Instant + Duration` overflows in every connection task (before: each
+/// client was reset after one line), and one so small that it truncated
+/// to zero and silently meant "never". Both are refused at start-up.
+#[test]
+fn durations_outside_a_millisecond_to_a_year_are_usage_errors() {
+    for key in [
+        "idle-timeout",
+        "frame-timeout",
+        "shutdown-grace",
+        "tls-handshake-timeout",
+    ] {
+        for value in ["1e19", "1e-10", "31536001"] {
+            let flag = format!("--{key}");
+            assert_usage_error(&["--listen", "127.0.0.1:0", &flag, value], &[], &flag);
+        }
+    }
+    let (_, stderr) = start_fails(&["--idle-timeout", "1e19"], &[]);
+    assert!(stderr.contains("one year"), "{stderr}");
+    assert_usage_error(
+        &[],
+        &[("ECHOD_FRAME_TIMEOUT", "1e-10")],
+        "ECHOD_FRAME_TIMEOUT",
+    );
+}

@@ -178,3 +178,29 @@ async fn in_process_shutdown_reports_how_many_were_cut() {
         .await
         .expect("cut connection ended");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_signal_cuts_every_connection_at_once() {
+    let mut server =
+        ServerProcess::spawn(&["--listen", "127.0.0.1:0", "--shutdown-grace", "600"], &[]);
+    let addr = server.listening(1)[0];
+    let mut stuck = TcpStream::connect(addr).await.unwrap();
+    fill_until_stalled(&mut stuck).await;
+    server.signal(libc::SIGTERM);
+    // The graceful shutdown has begun (and would wait ten minutes).
+    server.wait_for("shutting down");
+    let started = std::time::Instant::now();
+    server.signal(libc::SIGTERM);
+    assert_eq!(server.wait().code(), Some(0));
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "the second signal did not cut: {:?}",
+        started.elapsed()
+    );
+    assert!(
+        server.stderr.iter().any(|line| line.contains("WARN")
+            && line.contains("1 connection(s) still open at a second SIGTERM were cut")),
+        "no cut WARN:\n{}",
+        server.stderr.join("\n")
+    );
+}

@@ -915,3 +915,34 @@ async fn hostile_close_notify_followed_by_more_records_does_not_spin_the_drain()
         .expect("the shutdown finished");
     assert_eq!(report.cut, 0);
 }
+
+/// A TLS client that closes its TCP connection without `close_notify`
+/// (routine for an echo endpoint: health checks, killed clients) is logged
+/// at DEBUG like any other routine close, not one INFO line each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls_close_without_close_notify_is_not_logged_at_info() {
+    let pki = Pki::new();
+    let (mut server, addr) = pki.spawn_server(&[]);
+    for _ in 0..3 {
+        let mut stream = tls_connect(addr, &pki.client_args("ca.pem", None))
+            .await
+            .unwrap();
+        stream.write_all(b"ping\n").await.unwrap();
+        let mut echo = [0u8; 5];
+        stream.read_exact(&mut echo).await.unwrap();
+        assert_eq!(&echo, b"ping\n");
+        // Drop the TCP connection under the session: no close_notify.
+        drop(stream.into_inner().0);
+    }
+    server.signal(libc::SIGTERM);
+    assert_eq!(server.wait().code(), Some(0));
+    let noisy: Vec<_> = server
+        .stderr
+        .iter()
+        .filter(|line| line.contains("INFO") && line.contains("connection from"))
+        .collect();
+    assert!(
+        noisy.is_empty(),
+        "routine closes logged at INFO: {noisy:#?}"
+    );
+}
