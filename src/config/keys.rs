@@ -144,12 +144,7 @@ pub static KEYS: &[Key] = &[
         default: Builtin::Text("1024"),
         choices: &[],
         list: false,
-        set: |c, v| {
-            store(
-                &mut c.udp_limits.min_source_port,
-                v.integer(0, u16::MAX as u64)? as u16,
-            )
-        },
+        set: |c, v| store(&mut c.udp_limits.min_source_port, v.bounded(0, u16::MAX)?),
     },
     Key {
         name: "udp_rate",
@@ -158,12 +153,7 @@ pub static KEYS: &[Key] = &[
         default: Builtin::Text("100"),
         choices: &[],
         list: false,
-        set: |c, v| {
-            store(
-                &mut c.udp_limits.rate,
-                v.integer(1, u32::MAX as u64)? as u32,
-            )
-        },
+        set: |c, v| store(&mut c.udp_limits.rate, v.bounded(1, u32::MAX)?),
     },
     Key {
         name: "udp_burst",
@@ -172,12 +162,7 @@ pub static KEYS: &[Key] = &[
         default: Builtin::Text("200"),
         choices: &[],
         list: false,
-        set: |c, v| {
-            store(
-                &mut c.udp_limits.burst,
-                v.integer(1, u32::MAX as u64)? as u32,
-            )
-        },
+        set: |c, v| store(&mut c.udp_limits.burst, v.bounded(1, u32::MAX)?),
     },
     Key {
         name: "udp_global_rate",
@@ -186,12 +171,7 @@ pub static KEYS: &[Key] = &[
         default: Builtin::Text("5000"),
         choices: &[],
         list: false,
-        set: |c, v| {
-            store(
-                &mut c.udp_limits.global_rate,
-                v.integer(1, u32::MAX as u64)? as u32,
-            )
-        },
+        set: |c, v| store(&mut c.udp_limits.global_rate, v.bounded(1, u32::MAX)?),
     },
     Key {
         name: "framing",

@@ -73,6 +73,15 @@ impl Value {
         usize::try_from(value).map_err(|_| format!("{value} is too large for this machine"))
     }
 
+    /// A whole number from `min` to `max`, in the setting's own type.
+    pub fn bounded<T>(self, min: T, max: T) -> Result<T, String>
+    where
+        T: Into<u64> + TryFrom<u64>,
+    {
+        let value = self.integer(min.into(), max.into())? as u64;
+        T::try_from(value).map_err(|_| format!("{value} is out of range"))
+    }
+
     /// A file path; empty means none.
     pub fn path(self) -> Result<Option<PathBuf>, String> {
         let text = self.text()?;

@@ -134,15 +134,14 @@ impl Coordinator {
         self.root.drain.cancel();
     }
 
-    /// Waits for every connection to finish; cuts what is still open at
-    /// `grace`, or at once when `cut_now` resolves first (a second signal),
-    /// and reports how many were cut.
+    /// After [`drain`](Self::drain): waits for every connection to finish;
+    /// cuts what is still open at `grace`, or at once when `cut_now`
+    /// resolves first (a second signal), and reports how many were cut.
     pub async fn finish<S: std::fmt::Display>(
         &self,
         grace: Duration,
         cut_now: impl Future<Output = S>,
     ) -> ShutdownReport {
-        self.drain();
         self.tasks.close();
         let why = tokio::select! {
             biased;
