@@ -73,6 +73,15 @@ pub fn names() -> String {
         .join(", ")
 }
 
+/// `10.0.0.0/8`, `2001:db8::/32`, or one address (`192.0.2.7`).
+fn parse_network(item: &str) -> Result<ipnet::IpNet, String> {
+    item.parse::<ipnet::IpNet>()
+        .or_else(|_| item.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+        .map_err(|_| {
+            format!("bad network {item:?} (expected a CIDR such as 10.0.0.0/8, or an IP address)")
+        })
+}
+
 /// Stores a parsed value: every setter ends this way.
 fn store<T>(slot: &mut T, value: T) -> Result<(), String> {
     *slot = value;
@@ -315,6 +324,32 @@ pub static KEYS: &[Key] = &[
         choices: &["off", "v1", "v2", "any"],
         list: false,
         set: |c, v| store(&mut c.proxy_protocol, v.parsed::<ProxyProtocol>()?),
+    },
+    Key {
+        name: "proxy_header_timeout",
+        value_name: "SECS",
+        help: "With the PROXY protocol on, close a connection whose whole header has \
+               not arrived this long after it was accepted, whatever the other \
+               timeouts say [default: 5]",
+        default: Builtin::Text("5"),
+        choices: &[],
+        list: false,
+        set: |c, v| store(&mut c.proxy_header_timeout, v.positive_seconds()?),
+    },
+    Key {
+        name: "proxy_trusted",
+        value_name: "CIDR",
+        help: "With the PROXY protocol on, only these networks (or addresses) may \
+               send a header; other peers are closed before anything is read; \
+               repeat for several [default: none, every peer may]",
+        default: Builtin::Text(""),
+        choices: &[],
+        list: true,
+        set: |c, v| {
+            let networks: Result<Vec<_>, _> =
+                v.list()?.iter().map(|item| parse_network(item)).collect();
+            store(&mut c.proxy_trusted, networks?)
+        },
     },
     Key {
         name: "metrics",

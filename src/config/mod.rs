@@ -158,6 +158,10 @@ pub struct Config {
     pub reuse_port: bool,
     /// Whether stream connections start with a PROXY protocol header.
     pub proxy_protocol: ProxyProtocol,
+    /// How long a PROXY header may take to arrive.
+    pub proxy_header_timeout: Duration,
+    /// Peers allowed to send a PROXY header; empty = every peer.
+    pub proxy_trusted: Vec<ipnet::IpNet>,
     /// Where Prometheus metrics are served; `None` = off.
     pub metrics: Option<ListenAddr>,
     /// TLS: certificate chain and key (PEM) for `tls:` listeners, and the
@@ -193,6 +197,8 @@ impl Default for Config {
             tcp_nodelay: false,
             reuse_port: false,
             proxy_protocol: ProxyProtocol::default(),
+            proxy_header_timeout: Duration::ZERO,
+            proxy_trusted: Vec::new(),
             metrics: None,
             tls: TlsFiles::default(),
             tls_handshake_timeout: Duration::ZERO,
@@ -277,6 +283,9 @@ impl Config {
                 );
             }
             _ => {}
+        }
+        if self.proxy_protocol == ProxyProtocol::Off && !self.proxy_trusted.is_empty() {
+            warnings.push("proxy_trusted is unused: proxy_protocol is off".into());
         }
         if self.max_frame_length > LARGE_FRAME_LENGTH && self.framing != Framing::Raw {
             warnings.push(format!(

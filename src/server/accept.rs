@@ -8,6 +8,7 @@ use tracing::{debug, warn};
 
 use super::{
     listen::{Listener, Stream},
+    reason::Rejection,
     session::{self, Connection, Shared, Transport},
 };
 use crate::config::ProxyProtocol;
@@ -61,10 +62,23 @@ pub async fn accept_loop(listener: Listener, shared: Arc<Shared>) {
             }
         };
         let mut admission = shared.gate.arrive();
-        // The per-IP limit is checked before the client takes a slot; behind
-        // a PROXY-protocol balancer it is the header's client that counts,
-        // so then it is checked once the header is read.
-        if shared.proxy == ProxyProtocol::Off && admission.claim_ip(ip, &peer).is_err() {
+        // The per-IP limit is checked before the client takes a slot.
+        // Behind a PROXY-protocol balancer it is the header's client that
+        // counts once the header is read; until then the socket peer does,
+        // unless it is a trusted balancer, so silent connections from one
+        // address cannot hold every slot.
+        let claim = if shared.proxy == ProxyProtocol::Off {
+            ip
+        } else if !shared.may_send_header(ip) {
+            debug!(%peer, "refused: not in proxy_trusted");
+            admission.reject(Rejection::ProxyUntrusted);
+            continue;
+        } else if shared.is_trusted(ip) {
+            None
+        } else {
+            ip
+        };
+        if admission.claim_ip(claim, &peer).is_err() {
             continue;
         }
         // The connection limit: at most one accepted connection per listener

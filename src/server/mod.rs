@@ -168,9 +168,8 @@ impl Server {
             proxy: config.proxy_protocol,
             tls: bound.tls,
             tls_handshake_timeout: config.tls_handshake_timeout,
-            // The header is the connection's first "frame": a balancer sends
-            // it at once, so the frame timeout (else the idle one) bounds it.
-            header_timeout: config.frame_timeout.or(config.idle_timeout),
+            header_timeout: config.proxy_header_timeout,
+            proxy_trusted: config.proxy_trusted.clone(),
             coordinator: Coordinator::new(),
         });
         let mut tasks = JoinSet::new();

@@ -91,14 +91,17 @@ pub enum Rejection {
     PerIpLimit,
     /// No valid PROXY protocol header.
     ProxyHeader,
+    /// A PROXY listener's peer outside `proxy_trusted`.
+    ProxyUntrusted,
     /// The TLS handshake failed or timed out.
     TlsHandshake,
 }
 
 impl Rejection {
-    pub const ALL: [Rejection; 3] = [
+    pub const ALL: [Rejection; 4] = [
         Rejection::PerIpLimit,
         Rejection::ProxyHeader,
+        Rejection::ProxyUntrusted,
         Rejection::TlsHandshake,
     ];
 
@@ -106,6 +109,7 @@ impl Rejection {
         match self {
             Rejection::PerIpLimit => "per_ip_limit",
             Rejection::ProxyHeader => "proxy_header",
+            Rejection::ProxyUntrusted => "proxy_untrusted",
             Rejection::TlsHandshake => "tls_handshake",
         }
     }

@@ -6,7 +6,7 @@
 //! (plain or TLS, PROXY or not) is chosen in one `match`.
 
 use std::{
-    net::SocketAddr,
+    net::{IpAddr, SocketAddr},
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -36,9 +36,26 @@ pub struct Shared {
     /// Accepts TLS on `tls:` listeners.
     pub tls: Option<tokio_rustls::TlsAcceptor>,
     pub tls_handshake_timeout: Duration,
-    /// How long the PROXY header may take; `None` = no limit.
-    pub header_timeout: Option<Duration>,
+    /// How long the PROXY header may take.
+    pub header_timeout: Duration,
+    /// Peers that may send a PROXY header; empty = every peer.
+    pub proxy_trusted: Vec<ipnet::IpNet>,
     pub coordinator: Coordinator,
+}
+
+impl Shared {
+    /// Whether a peer may send a PROXY header at all (`proxy_trusted`).
+    /// A Unix-socket peer (no IP) may: the socket file's mode decides who
+    /// can connect.
+    pub fn may_send_header(&self, ip: Option<IpAddr>) -> bool {
+        ip.is_none() || self.proxy_trusted.is_empty() || self.is_trusted(ip)
+    }
+
+    /// Whether `ip` is a listed balancer: its connections are not bounded
+    /// per IP while their header is awaited.
+    pub fn is_trusted(&self, ip: Option<IpAddr>) -> bool {
+        ip.is_some_and(|ip| self.proxy_trusted.iter().any(|net| net.contains(&ip)))
+    }
 }
 
 /// Whether a connection's bytes are the echo's, or TLS records around it.
@@ -86,13 +103,11 @@ async fn read_proxy_header<S: EchoStream + Send + 'static>(
 ) {
     let mut pending = BytesMut::new();
     let read = proxy::read_header(&mut stream, shared.proxy, &mut pending);
+    let limit = shared.header_timeout;
     let read = async {
-        match shared.header_timeout {
-            Some(limit) => tokio::time::timeout(limit, read)
-                .await
-                .unwrap_or(Err(HeaderError::Timeout(limit))),
-            None => read.await,
-        }
+        tokio::time::timeout(limit, read)
+            .await
+            .unwrap_or(Err(HeaderError::Timeout(limit)))
     };
     let header = tokio::select! {
         biased;

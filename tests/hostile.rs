@@ -1,0 +1,132 @@
+//! Attacks we survive, one test each, over real sockets (loopback only).
+//! Each names the hole it closes; RELIABILITY.md's table lists them with
+//! the attacks tested elsewhere (TLS in `tls.rs`, signals in `shutdown.rs`,
+//! values in `cli.rs`).
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{config, echo_once, TestServer, PATIENCE};
+use echod::{config::ProxyProtocol, Config};
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::{TcpSocket, TcpStream},
+};
+
+/// Reads until the server closes (a reset counts); fails the test if it
+/// does not close within `PATIENCE`.
+async fn closed_by_server(stream: &mut TcpStream) -> Vec<u8> {
+    let mut got = Vec::new();
+    let _ = tokio::time::timeout(PATIENCE, stream.read_to_end(&mut got))
+        .await
+        .expect("the server closed the connection in time");
+    got
+}
+
+/// A connection from `local` (an address of 127.0.0.0/8).
+async fn connect_from(local: &str, server: std::net::SocketAddr) -> TcpStream {
+    let socket = TcpSocket::new_v4().unwrap();
+    socket.bind(format!("{local}:0").parse().unwrap()).unwrap();
+    socket.connect(server).await.unwrap()
+}
+
+fn proxy_config() -> Config {
+    Config {
+        proxy_protocol: ProxyProtocol::V1,
+        ..config()
+    }
+}
+
+/// Before: under the PROXY protocol the per-IP limit was checked only after
+/// the header, so silent connections from one address held every slot for
+/// the frame timeout. Now the socket peer is bounded while its header is
+/// awaited.
+#[tokio::test]
+async fn silent_proxy_connections_from_one_address_cannot_hold_every_slot() {
+    let server = TestServer::start(Config {
+        max_connections: 3,
+        max_connections_per_ip: 2,
+        // Long enough that only the per-peer bound can close the third.
+        proxy_header_timeout: Duration::from_secs(600),
+        ..proxy_config()
+    })
+    .await;
+    let addr = server.addr();
+    let _silent_one = connect_from("127.0.0.1", addr).await;
+    let _silent_two = connect_from("127.0.0.1", addr).await;
+    let mut third = connect_from("127.0.0.1", addr).await;
+    let started = Instant::now();
+    assert_eq!(closed_by_server(&mut third).await, b"");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "held {:?}",
+        started.elapsed()
+    );
+    // The last slot is still free for another peer.
+    let mut other = connect_from("127.0.0.2", addr).await;
+    other
+        .write_all(b"PROXY TCP4 192.0.2.9 127.0.0.1 5000 3600\r\n")
+        .await
+        .unwrap();
+    assert_eq!(echo_once(&mut other, b"served\n").await, b"served\n");
+    server.shutdown().await;
+}
+
+/// A header dribbled (or never finished) is cut at `proxy_header_timeout`,
+/// even with the idle and frame timeouts off.
+#[tokio::test]
+async fn an_unfinished_proxy_header_is_cut_at_the_proxy_header_timeout() {
+    let server = TestServer::start(Config {
+        proxy_header_timeout: Duration::from_millis(200),
+        idle_timeout: None,
+        frame_timeout: None,
+        ..proxy_config()
+    })
+    .await;
+    let mut stream = TcpStream::connect(server.addr()).await.unwrap();
+    stream.write_all(b"PROXY TCP4 192.0.2").await.unwrap();
+    let started = Instant::now();
+    assert_eq!(closed_by_server(&mut stream).await, b"");
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(150) && waited < Duration::from_secs(5),
+        "closed after {waited:?}"
+    );
+    server.shutdown().await;
+}
+
+/// With `proxy_trusted` set, a peer outside it cannot claim to be anyone:
+/// it is closed before anything is read. A trusted balancer's connections
+/// are not bounded per IP while their headers are awaited.
+#[tokio::test]
+async fn peers_outside_proxy_trusted_are_closed_and_trusted_ones_are_not_bounded() {
+    let untrusted = TestServer::start(Config {
+        proxy_trusted: vec!["10.0.0.0/8".parse().unwrap()],
+        ..proxy_config()
+    })
+    .await;
+    let mut stream = TcpStream::connect(untrusted.addr()).await.unwrap();
+    let _ = stream
+        .write_all(b"PROXY TCP4 192.0.2.1 127.0.0.1 5000 3600\r\nspoofed\n")
+        .await;
+    assert_eq!(closed_by_server(&mut stream).await, b"");
+    untrusted.shutdown().await;
+
+    let trusted = TestServer::start(Config {
+        proxy_trusted: vec!["127.0.0.1/32".parse().unwrap()],
+        max_connections_per_ip: 1,
+        ..proxy_config()
+    })
+    .await;
+    // Two connections from the balancer, both still silent, then each
+    // names its own client: both are served.
+    let mut first = TcpStream::connect(trusted.addr()).await.unwrap();
+    let mut second = TcpStream::connect(trusted.addr()).await.unwrap();
+    for (stream, client) in [(&mut first, "192.0.2.1"), (&mut second, "192.0.2.2")] {
+        let header = format!("PROXY TCP4 {client} 127.0.0.1 5000 3600\r\n");
+        stream.write_all(header.as_bytes()).await.unwrap();
+        assert_eq!(echo_once(stream, b"hi\n").await, b"hi\n");
+    }
+    trusted.shutdown().await;
+}
