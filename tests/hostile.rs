@@ -130,3 +130,77 @@ async fn peers_outside_proxy_trusted_are_closed_and_trusted_ones_are_not_bounded
     }
     trusted.shutdown().await;
 }
+
+/// One raw HTTP exchange with the metrics endpoint: the status line, or
+/// `None` if nothing came back within `limit`.
+async fn http_status(
+    addr: std::net::SocketAddr,
+    request: &[u8],
+    limit: Duration,
+) -> Option<String> {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream.write_all(request).await.unwrap();
+    let mut response = Vec::new();
+    tokio::time::timeout(limit, stream.read_to_end(&mut response))
+        .await
+        .ok()?
+        .ok()?;
+    let text = String::from_utf8_lossy(&response).into_owned();
+    text.lines().next().map(str::to_owned)
+}
+
+/// Before: 16 request slots, each held 10 s by a client that sent nothing,
+/// so a handful of idle connections made a scrape time out. Now 100 silent
+/// clients cannot delay a scrape past a second.
+#[tokio::test]
+async fn silent_clients_cannot_delay_a_metrics_scrape() {
+    let server = TestServer::start(Config {
+        metrics: Some("127.0.0.1:0".parse().unwrap()),
+        ..config()
+    })
+    .await;
+    let metrics = server.metrics_addr.unwrap();
+    let mut silent = Vec::new();
+    for _ in 0..100 {
+        silent.push(TcpStream::connect(metrics).await.unwrap());
+    }
+    let started = Instant::now();
+    let status = http_status(
+        metrics,
+        b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n",
+        PATIENCE,
+    )
+    .await;
+    assert_eq!(status.as_deref(), Some("HTTP/1.1 200 OK"));
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "scrape took {:?}",
+        started.elapsed()
+    );
+    drop(silent);
+    server.shutdown().await;
+}
+
+/// Garbage gets its 400 at once, and a request with bare LF line ends (as
+/// RFC 9112 allows) is answered, instead of both waiting for a timeout.
+#[tokio::test]
+async fn garbage_and_lf_only_requests_are_answered_at_once() {
+    let server = TestServer::start(Config {
+        metrics: Some("127.0.0.1:0".parse().unwrap()),
+        ..config()
+    })
+    .await;
+    let metrics = server.metrics_addr.unwrap();
+    let quick = Duration::from_secs(1);
+    for garbage in [&b"\x00\x01\x02\xff"[..], b"hello there\n", b"GET\n"] {
+        let status = http_status(metrics, garbage, quick).await;
+        assert_eq!(
+            status.as_deref(),
+            Some("HTTP/1.1 400 Bad Request"),
+            "{garbage:?}"
+        );
+    }
+    let status = http_status(metrics, b"GET /metrics HTTP/1.1\nHost: x\n\n", quick).await;
+    assert_eq!(status.as_deref(), Some("HTTP/1.1 200 OK"));
+    server.shutdown().await;
+}
