@@ -7,7 +7,12 @@
 use std::{
     io,
     pin::Pin,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc,
+    },
     task::{Context, Poll},
+    time::{Duration, Instant},
 };
 
 use bytes::{Buf, BytesMut};
@@ -42,6 +47,54 @@ pub trait EchoStream: AsyncRead + AsyncWrite + Unpin {
     /// (TLS records); then the loop flushes after each batch. A plain
     /// socket writes straight to the kernel and skips that step.
     const NEEDS_FLUSH: bool = false;
+
+    /// For streams whose layers hold input the echo loop cannot see yet
+    /// (TLS: ciphertext of a record still arriving), when the oldest such
+    /// input began, so the frame timeout covers it too.
+    fn input_clock(&self) -> Option<Arc<InputClock>> {
+        None
+    }
+}
+
+/// When the oldest incomplete unit of input below the echo loop began
+/// (`None` when there is none), shared between the layer that sees the
+/// input and the echo loop's timer.
+#[derive(Debug)]
+pub struct InputClock {
+    base: Instant,
+    /// Nanoseconds after `base`, plus one; 0 = nothing incomplete.
+    since: AtomicU64,
+}
+
+impl Default for InputClock {
+    fn default() -> Self {
+        InputClock {
+            base: Instant::now(),
+            since: AtomicU64::new(0),
+        }
+    }
+}
+
+impl InputClock {
+    pub fn since(&self) -> Option<Instant> {
+        match self.since.load(Ordering::Relaxed) {
+            0 => None,
+            nanos => Some(self.base + Duration::from_nanos(nanos - 1)),
+        }
+    }
+
+    /// Incomplete input is waiting: starts the clock if it is not running.
+    pub fn incomplete(&self) {
+        if self.since.load(Ordering::Relaxed) == 0 {
+            let nanos = self.base.elapsed().as_nanos().min(u64::MAX as u128 - 1) as u64;
+            self.since.store(nanos + 1, Ordering::Relaxed);
+        }
+    }
+
+    /// Everything received so far is complete.
+    pub fn complete(&self) {
+        self.since.store(0, Ordering::Relaxed);
+    }
 }
 
 impl EchoStream for tokio::net::TcpStream {
@@ -137,6 +190,10 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Rewind<S> {
 
 impl<S: EchoStream> EchoStream for Rewind<S> {
     const NEEDS_FLUSH: bool = S::NEEDS_FLUSH;
+
+    fn input_clock(&self) -> Option<Arc<InputClock>> {
+        self.inner.input_clock()
+    }
 
     fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         if !self.prefix.is_empty() {

@@ -946,3 +946,61 @@ async fn a_tls_close_without_close_notify_is_not_logged_at_info() {
         "routine closes logged at INFO: {noisy:#?}"
     );
 }
+
+/// Hostile: a slowloris that dribbles the ciphertext of one TLS record.
+/// rustls shows the echo loop nothing until the record is whole, so the
+/// frame timeout used to start only with decrypted bytes and such a client
+/// held its slot until the idle timeout, or forever with it off. Now the
+/// frame timeout covers the incomplete record.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_dribbled_tls_ciphertext_is_cut_at_the_frame_timeout() {
+    use std::io::{Read, Write};
+    let pki = Pki::new();
+    let server = TestServer::start(Config {
+        frame_timeout: Some(Duration::from_millis(300)),
+        idle_timeout: None,
+        ..pki.server_config()
+    })
+    .await;
+    let addr = server.addr();
+    let args = pki.client_args("ca.pem", None);
+    let config = echod::tls::client_config(&args).unwrap();
+    let name = echod::tls::server_name(&args, "localhost").unwrap();
+    let waited = tokio::task::spawn_blocking(move || {
+        let mut tcp = std::net::TcpStream::connect(addr).unwrap();
+        let mut tls = rustls::ClientConnection::new(config, name).unwrap();
+        while tls.is_handshaking() {
+            tls.complete_io(&mut tcp).unwrap();
+        }
+        // An application-data record header announcing 64 bytes, then its
+        // body one byte every 50 ms (6 s in all if nothing stops it).
+        let mut writer = tcp.try_clone().unwrap();
+        let started = std::time::Instant::now();
+        std::thread::spawn(move || {
+            let _ = writer.write_all(&[0x17, 0x03, 0x03, 0x00, 0x40]);
+            for _ in 0..120 {
+                std::thread::sleep(Duration::from_millis(50));
+                if writer.write_all(&[0x42]).is_err() {
+                    return;
+                }
+            }
+        });
+        tcp.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut sink = [0u8; 1024];
+        loop {
+            match tcp.read(&mut sink) {
+                Ok(0) => return Some(started.elapsed()),
+                Ok(_) => continue, // a session ticket, say
+                Err(error) if error.kind() == std::io::ErrorKind::ConnectionReset => {
+                    return Some(started.elapsed())
+                }
+                Err(_) => return None,
+            }
+        }
+    })
+    .await
+    .unwrap();
+    let waited = waited.expect("the dribbling client was never cut");
+    assert!(waited < Duration::from_secs(3), "cut only after {waited:?}");
+    server.shutdown().await;
+}

@@ -16,7 +16,7 @@ use std::{
 use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
-use super::{metrics::EchoCounters, reason::CloseReason, shutdown::Shutdown};
+use super::{metrics::EchoCounters, reason::CloseReason, shutdown::Shutdown, timer::IdleTimer};
 use crate::{
     codec::{EchoCodec, FrameError, Framer, Framing},
     stream::EchoStream,
@@ -67,10 +67,11 @@ pub async fn echo<S>(
 where
     S: EchoStream,
 {
+    let input_clock = stream.input_clock();
     let mut conn = Echo {
         stream,
         framer: Framer::new(settings.codec, counters.is_some()),
-        idle: IdleTimer::new(settings.idle_timeout, settings.frame_timeout),
+        idle: IdleTimer::new(settings.idle_timeout, settings.frame_timeout, input_clock),
         buf: BytesMut::new(),
         shutdown,
         stats,
@@ -333,73 +334,6 @@ mod buffer_pool {
                     pool.push(buf);
                 }
             });
-        }
-    }
-}
-
-/// The idle and frame timeouts, kept cheap on the hot path: I/O only
-/// records times; one timer is re-armed when it fires early.
-struct IdleTimer {
-    timeout: Option<Duration>,
-    frame_timeout: Option<Duration>,
-    last_activity: Instant,
-    /// When the oldest unfinished frame began, if there is one.
-    partial_since: Option<Instant>,
-    sleep: Option<Pin<Box<tokio::time::Sleep>>>,
-}
-
-impl IdleTimer {
-    fn new(timeout: Option<Duration>, frame_timeout: Option<Duration>) -> Self {
-        Self {
-            timeout,
-            frame_timeout,
-            last_activity: Instant::now(),
-            partial_since: None,
-            sleep: None,
-        }
-    }
-
-    /// The next deadline and what it means.
-    fn next(&self, with_frame: bool) -> Option<(Instant, CloseReason)> {
-        let idle = self
-            .timeout
-            .map(|timeout| (self.last_activity + timeout, CloseReason::IdleTimeout));
-        let frame = match (with_frame, self.frame_timeout, self.partial_since) {
-            (true, Some(timeout), Some(since)) => {
-                Some((since + timeout, CloseReason::FrameTimeout))
-            }
-            _ => None,
-        };
-        match (idle, frame) {
-            (Some(a), Some(b)) => Some(if b.0 < a.0 { b } else { a }),
-            (a, b) => a.or(b),
-        }
-    }
-
-    fn touch(&mut self) {
-        if self.timeout.is_some() {
-            self.last_activity = Instant::now();
-        }
-    }
-
-    /// Resolves with the reason once nothing has moved for the idle
-    /// timeout, or (`with_frame`) an unfinished frame is older than the
-    /// frame timeout; never if neither applies.
-    async fn expired(&mut self, with_frame: bool) -> CloseReason {
-        loop {
-            let Some((due, _)) = self.next(with_frame) else {
-                return std::future::pending().await;
-            };
-            let deadline = tokio::time::Instant::from_std(due);
-            match &mut self.sleep {
-                Some(sleep) if sleep.deadline() == deadline => sleep.as_mut().await,
-                Some(sleep) => sleep.as_mut().reset(deadline),
-                None => self.sleep = Some(Box::pin(tokio::time::sleep_until(deadline))),
-            }
-            match self.next(with_frame) {
-                Some((due, reason)) if due <= Instant::now() => return reason,
-                _ => {}
-            }
         }
     }
 }

@@ -25,6 +25,7 @@ mod session;
 pub mod shutdown;
 pub mod signals;
 pub mod systemd;
+mod timer;
 pub mod udp;
 
 use std::{

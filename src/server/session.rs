@@ -24,6 +24,7 @@ use super::{
 use crate::{
     config::ProxyProtocol,
     stream::{is_disconnect, EchoStream, Rewind},
+    tls::server::Records,
 };
 
 /// What the accept loops and sessions share.
@@ -166,7 +167,7 @@ async fn secure<S: EchoStream + Send + 'static>(
     let handshake = tokio::select! {
         biased;
         _ = connection.shutdown.draining() => Err(("server shutting down".to_owned(), None)),
-        handshake = tokio::time::timeout(limit, acceptor.accept(stream).into_fallible()) => {
+        handshake = tokio::time::timeout(limit, acceptor.accept(Records::new(stream)).into_fallible()) => {
             match handshake {
                 Ok(Ok(stream)) => Ok(stream),
                 Ok(Err((error, stream))) => Err((error.to_string(), Some((error.kind(), stream)))),

@@ -4,6 +4,7 @@
 
 use std::{
     io::{self, Read},
+    pin::Pin,
     sync::Arc,
     task::{Context, Poll},
 };
@@ -12,7 +13,12 @@ use bytes::BytesMut;
 use rustls::{pki_types::CertificateDer, server::WebPkiClientVerifier, ServerConfig};
 
 use super::{load_certs, load_key, load_roots, provider, TlsError, VERSIONS};
-use crate::{config::TlsFiles, stream::EchoStream};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+use crate::{
+    config::TlsFiles,
+    stream::{EchoStream, InputClock},
+};
 
 /// The server's TLS configuration, from `files` (cert and key required).
 /// A certificate outside its validity period is a warning: clients will
@@ -92,6 +98,11 @@ impl<IO: EchoStream> EchoStream for tokio_rustls::server::TlsStream<IO> {
     /// A write may leave encrypted records in the session.
     const NEEDS_FLUSH: bool = true;
 
+    /// The record meter's clock, when the session runs over [`Records`].
+    fn input_clock(&self) -> Option<Arc<InputClock>> {
+        self.get_ref().0.input_clock()
+    }
+
     /// Always ready: decrypted bytes may wait inside the TLS session while
     /// the socket is quiet, so only a read can tell. (A read that has to
     /// wait still gives its buffer back to the pool.)
@@ -147,6 +158,138 @@ fn drain_plaintext(session: &mut rustls::ServerConnection, buf: &mut BytesMut) -
             Ok(read) => buf.extend_from_slice(&chunk[..read]),
             Err(error) if error.kind() == io::ErrorKind::WouldBlock => return Ok(false),
             Err(error) => return Err(error),
+        }
+    }
+}
+
+/// Size of a TLS record header: type, version, 16-bit length.
+const RECORD_HEADER: usize = 5;
+
+/// The byte stream under a TLS session, watched for record boundaries:
+/// while a record is incomplete its [`InputClock`] runs, so the echo
+/// loop's frame timeout also covers a client that dribbles the ciphertext
+/// of one record (rustls shows the loop nothing until the record is whole).
+/// It only counts bytes; rustls parses and checks them.
+pub struct Records<IO> {
+    io: IO,
+    clock: Arc<InputClock>,
+    header: [u8; RECORD_HEADER],
+    /// Header bytes of the next record seen so far.
+    have: usize,
+    /// Body bytes of the current record still to come.
+    remaining: usize,
+}
+
+impl<IO> Records<IO> {
+    pub fn new(io: IO) -> Records<IO> {
+        Records {
+            io,
+            clock: Arc::new(InputClock::default()),
+            header: [0; RECORD_HEADER],
+            have: 0,
+            remaining: 0,
+        }
+    }
+
+    fn saw(&mut self, mut bytes: &[u8]) {
+        while !bytes.is_empty() {
+            if self.remaining > 0 {
+                let n = self.remaining.min(bytes.len());
+                self.remaining -= n;
+                bytes = &bytes[n..];
+                continue;
+            }
+            let n = (RECORD_HEADER - self.have).min(bytes.len());
+            self.header[self.have..self.have + n].copy_from_slice(&bytes[..n]);
+            self.have += n;
+            bytes = &bytes[n..];
+            if self.have == RECORD_HEADER {
+                self.remaining = u16::from_be_bytes([self.header[3], self.header[4]]) as usize;
+                self.have = 0;
+            }
+        }
+        if self.have > 0 || self.remaining > 0 {
+            self.clock.incomplete();
+        } else {
+            self.clock.complete();
+        }
+    }
+}
+
+impl<IO: AsyncRead + Unpin> AsyncRead for Records<IO> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let read = Pin::new(&mut this.io).poll_read(cx, buf);
+        if let Poll::Ready(Ok(())) = read {
+            this.saw(&buf.filled()[before..]);
+        }
+        read
+    }
+}
+
+impl<IO: AsyncWrite + Unpin> AsyncWrite for Records<IO> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
+    }
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
+}
+
+impl<IO: EchoStream> EchoStream for Records<IO> {
+    fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.io.poll_read_ready(cx)
+    }
+
+    fn read_arrived(&mut self, buf: &mut BytesMut) -> io::Result<Option<usize>> {
+        let before = buf.len();
+        let read = self.io.read_arrived(buf)?;
+        self.saw(&buf[before..]);
+        Ok(read)
+    }
+
+    fn input_clock(&self) -> Option<Arc<InputClock>> {
+        Some(self.clock.clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_are_incomplete_until_their_last_byte() {
+        let mut records = Records::new(());
+        let record = [&[0x17, 0x03, 0x03, 0x00, 0x03][..], b"abc"].concat();
+        let two = [record.as_slice(), record.as_slice()].concat();
+        for cut in 0..=two.len() {
+            records.saw(&two[..cut]);
+            let whole = cut == 0 || cut == record.len() || cut == two.len();
+            assert_eq!(records.clock.since().is_none(), whole, "cut at {cut}");
+            records.saw(&two[cut..]);
+            assert!(records.clock.since().is_none());
         }
     }
 }
