@@ -632,3 +632,64 @@ impl Drop for KillOnDrop {
         let _ = self.0.wait();
     }
 }
+
+/// SIGHUP (contract, "Added in round 2"): the file and environment are read
+/// again; what can change without a restart applies to new connections,
+/// restart-only settings are named in a WARN, an invalid file is refused
+/// with the running configuration kept, and the server never stops.
+/// Before, SIGHUP killed the server without a drain or a log line.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_what_it_can_names_what_needs_a_restart_and_refuses_bad_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("echod.toml");
+    std::fs::write(&file, "listen = [\"127.0.0.1:0\"]\n").unwrap();
+    let path = file.display().to_string();
+    let mut server = ServerProcess::spawn(&["--config", &path], &[]);
+    let addr = server.listening(1)[0];
+    server.wait_for(&format!("configuration from {path}"));
+    let mut held = TcpStream::connect(addr).await.unwrap();
+    assert_eq!(echo_once(&mut held, b"before\n").await, b"before\n");
+
+    let reloaded = "listen = [\"127.0.0.1:0\"]\nframing = \"raw\"\nmax_connections_per_ip = 1\nlog_level = \"debug\"\n";
+    std::fs::write(&file, reloaded).unwrap();
+    server.signal(libc::SIGHUP);
+    server.wait_for("configuration reloaded");
+    let warning = server.wait_for("take effect only at a restart");
+    assert!(
+        warning.contains("WARN") && warning.contains("framing"),
+        "{warning}"
+    );
+    // The per-IP limit applies to new connections: `held` has the one place.
+    let mut refused = TcpStream::connect(addr).await.unwrap();
+    let _ = refused.write_all(b"refused?\n").await;
+    assert_eq!(read_to_close(&mut refused).await, b"");
+    // The live connection is untouched, and framing is still lines.
+    assert_eq!(echo_once(&mut held, b"still\n").await, b"still\n");
+    // The log level is debug now. `held`'s place is given back once the
+    // server has seen it close, so connect until a connection is served.
+    drop(held);
+    let deadline = Instant::now() + PATIENCE;
+    let mut fresh = loop {
+        let mut fresh = TcpStream::connect(addr).await.unwrap();
+        let _ = fresh.write_all(b"new\n").await;
+        let mut echoed = [0u8; 4];
+        if fresh.read_exact(&mut echoed).await.is_ok() {
+            assert_eq!(&echoed, b"new\n");
+            break fresh;
+        }
+        assert!(Instant::now() < deadline, "the held place was never freed");
+        tokio::task::yield_now().await;
+    };
+    server.wait_for("connection opened");
+
+    std::fs::write(&file, "max_connections = 0\n").unwrap();
+    server.signal(libc::SIGHUP);
+    let refusal = server.wait_for("configuration not reloaded");
+    assert!(
+        refusal.contains("ERROR") && refusal.contains("max_connections"),
+        "{refusal}"
+    );
+    assert_eq!(echo_once(&mut fresh, b"served\n").await, b"served\n");
+    server.signal(libc::SIGTERM);
+    assert_eq!(server.wait().code(), Some(0));
+}

@@ -1004,3 +1004,35 @@ async fn hostile_dribbled_tls_ciphertext_is_cut_at_the_frame_timeout() {
     assert!(waited < Duration::from_secs(3), "cut only after {waited:?}");
     server.shutdown().await;
 }
+
+/// Certificate rotation without a restart: new files on disk, SIGHUP, and
+/// new handshakes use them; a client that trusts only the old CA is now
+/// refused, one that trusts the new CA is served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_rotates_the_server_certificate_for_new_handshakes() {
+    let (old, new) = (Pki::new(), Pki::new());
+    let (mut server, addr) = old.spawn_server(&[]);
+    assert!(tls_connect(addr, &old.client_args("ca.pem", None))
+        .await
+        .is_ok());
+    for name in ["server.pem", "server-key.pem"] {
+        std::fs::copy(new.path(name), old.path(name)).unwrap();
+    }
+    server.signal(libc::SIGHUP);
+    server.wait_for("configuration reloaded");
+    let mut stream = tls_connect(addr, &new.client_args("ca.pem", None))
+        .await
+        .expect("the new certificate is served");
+    stream.write_all(b"rotated\n").await.unwrap();
+    let mut echo = [0u8; 8];
+    stream.read_exact(&mut echo).await.unwrap();
+    assert_eq!(&echo, b"rotated\n");
+    assert!(
+        tls_connect(addr, &old.client_args("ca.pem", None))
+            .await
+            .is_err(),
+        "the old certificate is still served"
+    );
+    server.signal(libc::SIGTERM);
+    assert_eq!(server.wait().code(), Some(0));
+}

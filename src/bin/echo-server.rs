@@ -14,10 +14,15 @@ fn main() -> ExitCode {
         }
     };
     echod::logging::init(config.log_format, &config.log_level);
+    match args.config_file() {
+        Some(file) => tracing::info!("configuration from {}", file.display()),
+        None => tracing::info!("no config file: built-in defaults, environment and flags"),
+    }
     for warning in warnings {
         tracing::warn!("{warning}");
     }
-    match server::run_until_signalled(config) {
+    let reload = Box::new(move || config::environment().and_then(|env| Config::load(&args, env)));
+    match server::run_until_signalled(config, reload) {
         Ok(_report) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("echo-server: {error}");

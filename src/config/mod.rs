@@ -105,6 +105,15 @@ impl ServerArgs {
         ))
     }
 
+    /// The config file these arguments read: `--config FILE`, else
+    /// `./config.toml` in the working directory when it exists, else none.
+    pub fn config_file(&self) -> Option<&Path> {
+        match &self.config {
+            Some(path) => Some(path.as_path()),
+            None => Some(Path::new(DEFAULT_CONFIG_FILE)).filter(|path| path.is_file()),
+        }
+    }
+
     fn from_matches(matches: &clap::ArgMatches) -> ServerArgs {
         let flags = KEYS
             .iter()
@@ -243,11 +252,7 @@ impl Config {
     ) -> Result<(Config, Vec<String>), ConfigError> {
         let mut config = Config::default();
         let mut warnings = Vec::new();
-        let file = match &args.config {
-            Some(path) => Some(path.as_path()),
-            None => Some(Path::new(DEFAULT_CONFIG_FILE)).filter(|path| path.is_file()),
-        };
-        if let Some(path) = file {
+        if let Some(path) = args.config_file() {
             config.apply_file(path)?;
         }
         config.apply_env(env, &mut warnings)?;
@@ -303,6 +308,57 @@ impl Config {
             }
         }
         Ok(())
+    }
+
+    /// The keys whose new values `new` would need a restart to take
+    /// effect (listen addresses, framing, workers, …), by name.
+    pub fn restart_only_changes(&self, new: &Config) -> Vec<&'static str> {
+        let differs = [
+            ("listen", self.listen != new.listen),
+            ("udp", self.udp != new.udp),
+            (
+                "unix_socket_mode",
+                self.unix_socket_mode != new.unix_socket_mode,
+            ),
+            ("framing", self.framing != new.framing),
+            (
+                "max_frame_length",
+                self.max_frame_length != new.max_frame_length,
+            ),
+            (
+                "max_connections",
+                self.max_connections != new.max_connections,
+            ),
+            ("log_format", self.log_format != new.log_format),
+            ("workers", self.workers != new.workers),
+            ("tcp_nodelay", self.tcp_nodelay != new.tcp_nodelay),
+            ("reuse_port", self.reuse_port != new.reuse_port),
+            ("proxy_protocol", self.proxy_protocol != new.proxy_protocol),
+            ("proxy_trusted", self.proxy_trusted != new.proxy_trusted),
+            ("metrics", self.metrics != new.metrics),
+        ];
+        differs
+            .into_iter()
+            .filter_map(|(name, differs)| differs.then_some(name))
+            .collect()
+    }
+
+    /// This configuration with what a reload can change taken from `new`:
+    /// the log level, the timeouts, the per-IP limit, the UDP rates and the
+    /// TLS files. Everything else keeps its running value.
+    pub fn reloaded(&self, new: &Config) -> Config {
+        Config {
+            log_level: new.log_level.clone(),
+            idle_timeout: new.idle_timeout,
+            frame_timeout: new.frame_timeout,
+            shutdown_grace: new.shutdown_grace,
+            tls_handshake_timeout: new.tls_handshake_timeout,
+            proxy_header_timeout: new.proxy_header_timeout,
+            max_connections_per_ip: new.max_connections_per_ip,
+            udp_limits: new.udp_limits.clone(),
+            tls: new.tls.clone(),
+            ..self.clone()
+        }
     }
 
     /// Parses a whole config file's text (`origin` names it in errors).
@@ -698,6 +754,37 @@ mod tests {
             listed.sort();
             listed.dedup();
             assert_eq!(listed, table, "{what} and the key table differ");
+        }
+    }
+
+    #[test]
+    fn a_reload_either_applies_each_key_or_names_it_as_restart_only() {
+        for key in KEYS {
+            let mut changed = Config::default();
+            // A value other than the default, valid for the key.
+            let other = match key.name {
+                "listen" | "udp" | "metrics" => "127.0.0.1:9",
+                "unix_socket_mode" => "0600",
+                "framing" => "raw",
+                "log_format" => "json",
+                "log_level" => "debug",
+                "tcp_nodelay" => "false",
+                "reuse_port" => "true",
+                "proxy_protocol" => "v2",
+                "proxy_trusted" => "10.0.0.0/8",
+                name if name.starts_with("tls_") && !name.ends_with("timeout") => "/some.pem",
+                _ => "7",
+            };
+            (key.set)(&mut changed, Value::Text(other.into())).unwrap();
+            let running = Config::default();
+            assert_ne!(changed, running, "{} did not change", key.name);
+            let named = running.restart_only_changes(&changed) == [key.name];
+            let applied = running.reloaded(&changed) == changed;
+            assert!(
+                named != applied,
+                "{}: a reload must apply it or name it as restart-only (named {named}, applied {applied})",
+                key.name
+            );
         }
     }
 

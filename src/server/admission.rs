@@ -27,7 +27,7 @@ pub struct Gate {
     permits: Arc<Semaphore>,
     /// Connections one IP may hold; 0 = no limit. Changes on reload.
     max_per_ip: AtomicUsize,
-    /// Open connections per client IP (only while a limit is set).
+    /// Open connections per client IP.
     per_ip: Mutex<HashMap<IpAddr, usize>>,
     /// Per-IP refusals, logged at most once per interval.
     rejections: Mutex<RejectionLog>,
@@ -93,13 +93,15 @@ impl Admission {
     /// caller closes the connection. No limit, or no IP: `Ok`.
     pub fn claim_ip(&mut self, ip: Option<IpAddr>, peer: &str) -> Result<(), OverLimit> {
         self.release_ip();
-        let max = self.gate.max_per_ip.load(Ordering::Relaxed);
-        let Some(ip) = ip.filter(|_| max > 0) else {
+        let Some(ip) = ip else {
             return Ok(());
         };
+        // Counted even with no limit set, so that a limit a reload turns
+        // on also bounds what an address already holds.
+        let max = self.gate.max_per_ip.load(Ordering::Relaxed);
         let mut per_ip = lock(&self.gate.per_ip);
         let open = per_ip.entry(ip).or_insert(0);
-        if *open < max {
+        if max == 0 || *open < max {
             *open += 1;
             self.ip = Some(ip);
             return Ok(());

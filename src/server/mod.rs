@@ -21,6 +21,7 @@ pub mod listen;
 pub mod metrics;
 pub mod proxy;
 pub mod reason;
+pub mod reload;
 mod session;
 pub mod shutdown;
 pub mod signals;
@@ -40,11 +41,8 @@ use tokio::task::JoinSet;
 use tracing::info;
 
 pub use self::shutdown::ShutdownReport;
-use self::{
-    admission::Gate, bind::Bound, echo::ConnectionSettings, listen::Listener, metrics::Metrics,
-    session::Shared, shutdown::Coordinator,
-};
-use crate::{addr::ListenAddr, codec::EchoCodec, config::Config};
+use self::{admission::Gate, bind::Bound, listen::Listener, metrics::Metrics, session::Shared};
+use crate::{addr::ListenAddr, config::Config};
 
 /// A start-up or run-time failure: exit code 1.
 #[derive(Debug, thiserror::Error)]
@@ -137,65 +135,63 @@ impl Server {
         F: Future<Output = S>,
         S: std::fmt::Display,
     {
-        self.serve(shutdown, std::future::pending::<&str>()).await
+        self.serve(shutdown, std::future::pending::<&str>(), None)
+            .await
     }
 
     /// As [`run`](Self::run); when `cut_now` resolves during the grace
-    /// period (a second signal), every connection is cut at once.
-    async fn serve<F, S, C, D>(self, shutdown: F, cut_now: C) -> ShutdownReport
+    /// period (a second signal), every connection is cut at once; with a
+    /// `reloader`, each SIGHUP reloads the configuration.
+    async fn serve<F, S, C, D>(
+        self,
+        shutdown: F,
+        cut_now: C,
+        mut reloader: Option<reload::Reloader>,
+    ) -> ShutdownReport
     where
         F: Future<Output = S>,
         S: std::fmt::Display,
         C: Future<Output = D>,
         D: std::fmt::Display,
     {
-        let Server { bound, config, .. } = self;
+        let Server {
+            bound, mut config, ..
+        } = self;
         let metrics = bound
             .metrics
             .as_ref()
             .map(|_| Arc::new(Metrics::new(!bound.udp.is_empty())));
-        let shared = Arc::new(Shared {
-            settings: ConnectionSettings {
-                codec: EchoCodec::new(config.framing, config.max_frame_length),
-                idle_timeout: config.idle_timeout,
-                frame_timeout: config.frame_timeout,
-            },
-            gate: Arc::new(Gate::new(
-                config.max_connections,
-                config.max_connections_per_ip,
-                metrics.clone(),
-            )),
-            tcp_nodelay: config.tcp_nodelay,
-            proxy: config.proxy_protocol,
-            tls: bound.tls,
-            tls_handshake_timeout: config.tls_handshake_timeout,
-            header_timeout: config.proxy_header_timeout,
-            proxy_trusted: config.proxy_trusted.clone(),
-            coordinator: Coordinator::new(),
-        });
-        let mut tasks = JoinSet::new();
-        for listener in bound.listeners {
-            tasks.spawn(accept::accept_loop(listener, shared.clone()));
-        }
-        if let (Some(listener), Some(metrics)) = (bound.metrics, &metrics) {
-            let shutdown = shared.coordinator.shutdown();
-            tasks.spawn(metrics::serve(listener, metrics.clone(), shutdown));
-        }
-        if !bound.udp.is_empty() {
-            let limiter = Arc::new(Mutex::new(udp::Limiter::new(
-                config.udp_limits.clone(),
-                Instant::now(),
-            )));
-            for socket in bound.udp {
-                let (limiter, metrics) = (limiter.clone(), metrics.clone());
-                let shutdown = shared.coordinator.shutdown();
-                tasks.spawn(udp::serve(socket, limiter, metrics, shutdown));
-            }
-            tasks.spawn(udp::report_drops(limiter, shared.coordinator.shutdown()));
-        }
-
+        let gate = Gate::new(
+            config.max_connections,
+            config.max_connections_per_ip,
+            metrics.clone(),
+        );
+        let shared = Arc::new(Shared::new(
+            reload::live(&config, bound.tls.clone()),
+            Arc::new(gate),
+            config.tcp_nodelay,
+            config.proxy_protocol,
+            config.proxy_trusted.clone(),
+        ));
+        let (mut tasks, limiter) = start_tasks(bound, &shared, metrics, &config);
         systemd::notify_ready();
-        let cause = shutdown.await;
+        tokio::pin!(shutdown);
+        let cause = loop {
+            let hangup = async {
+                match &mut reloader {
+                    Some(reloader) => reloader.hangups.recv().await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                cause = &mut shutdown => break cause,
+                () = hangup => {
+                    if let Some(reloader) = &mut reloader {
+                        reload::reload(&mut config, &mut reloader.load, &shared, limiter.as_ref());
+                    }
+                }
+            }
+        };
         systemd::notify_stopping();
         let grace = config.shutdown_grace;
         shared.coordinator.drain();
@@ -212,10 +208,48 @@ impl Server {
     }
 }
 
+/// Starts the accept loops, the metrics exporter and the UDP echo; returns
+/// them, and the UDP limiter (which a reload updates).
+fn start_tasks(
+    bound: Bound,
+    shared: &Arc<Shared>,
+    metrics: Option<Arc<Metrics>>,
+    config: &Config,
+) -> (JoinSet<()>, Option<Arc<Mutex<udp::Limiter>>>) {
+    let mut tasks = JoinSet::new();
+    for listener in bound.listeners {
+        tasks.spawn(accept::accept_loop(listener, shared.clone()));
+    }
+    if let (Some(listener), Some(metrics)) = (bound.metrics, &metrics) {
+        let shutdown = shared.coordinator.shutdown();
+        tasks.spawn(metrics::serve(listener, metrics.clone(), shutdown));
+    }
+    let limiter = (!bound.udp.is_empty()).then(|| {
+        let limiter = udp::Limiter::new(config.udp_limits.clone(), Instant::now());
+        Arc::new(Mutex::new(limiter))
+    });
+    if let Some(limiter) = &limiter {
+        for socket in bound.udp {
+            let (limiter, metrics) = (limiter.clone(), metrics.clone());
+            let shutdown = shared.coordinator.shutdown();
+            tasks.spawn(udp::serve(socket, limiter, metrics, shutdown));
+        }
+        let shutdown = shared.coordinator.shutdown();
+        tasks.spawn(udp::report_drops(limiter.clone(), shutdown));
+    }
+    (tasks, limiter)
+}
+
 /// The whole daemon: a runtime, signal handlers (installed before any
 /// listener is bound), the listeners, and serving until SIGINT/SIGTERM; a
 /// second signal during the grace period cuts what is still open.
-pub fn run_until_signalled(config: Config) -> Result<ShutdownReport, ServerError> {
+///
+/// `load` reads the configuration again (same file, environment and flags)
+/// for each SIGHUP.
+pub fn run_until_signalled(
+    config: Config,
+    load: reload::Load,
+) -> Result<ShutdownReport, ServerError> {
     let runtime = match config.workers {
         1 => tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -227,6 +261,7 @@ pub fn run_until_signalled(config: Config) -> Result<ShutdownReport, ServerError
     };
     runtime.block_on(async {
         let signals = signals::Signals::install()?;
+        let hangups = signals::Hangups::install()?;
         let (workers, max_connections) = (config.workers, config.max_connections);
         let server = Server::bind(config).await?;
         info!(workers, "runtime: {workers} worker thread(s)");
@@ -234,6 +269,7 @@ pub fn run_until_signalled(config: Config) -> Result<ShutdownReport, ServerError
         let signals = tokio::sync::Mutex::new(signals);
         let first = async { signals.lock().await.recv().await };
         let second = async { signals.lock().await.recv().await };
-        Ok(server.serve(first, second).await)
+        let reloader = reload::Reloader { hangups, load };
+        Ok(server.serve(first, second, Some(reloader)).await)
     })
 }

@@ -7,7 +7,7 @@
 
 use std::{
     net::{IpAddr, SocketAddr},
-    sync::Arc,
+    sync::{Arc, RwLock},
     time::{Duration, Instant},
 };
 
@@ -29,22 +29,62 @@ use crate::{
 
 /// What the accept loops and sessions share.
 pub struct Shared {
-    pub settings: ConnectionSettings,
+    /// The settings a reload may change, for connections that start later.
+    live: RwLock<Arc<Live>>,
     pub gate: Arc<Gate>,
     pub tcp_nodelay: bool,
     /// Whether connections start with a PROXY protocol header.
     pub proxy: ProxyProtocol,
-    /// Accepts TLS on `tls:` listeners.
-    pub tls: Option<tokio_rustls::TlsAcceptor>,
-    pub tls_handshake_timeout: Duration,
-    /// How long the PROXY header may take.
-    pub header_timeout: Duration,
     /// Peers that may send a PROXY header; empty = every peer.
     pub proxy_trusted: Vec<ipnet::IpNet>,
     pub coordinator: Coordinator,
 }
 
+/// The settings a connection takes when it starts; a SIGHUP reload swaps
+/// in new ones, and live connections keep theirs.
+pub struct Live {
+    pub settings: ConnectionSettings,
+    /// Accepts TLS on `tls:` listeners.
+    pub tls: Option<tokio_rustls::TlsAcceptor>,
+    pub tls_handshake_timeout: Duration,
+    /// How long the PROXY header may take.
+    pub header_timeout: Duration,
+}
+
 impl Shared {
+    pub fn new(
+        live: Live,
+        gate: Arc<Gate>,
+        tcp_nodelay: bool,
+        proxy: ProxyProtocol,
+        proxy_trusted: Vec<ipnet::IpNet>,
+    ) -> Shared {
+        Shared {
+            live: RwLock::new(Arc::new(live)),
+            gate,
+            tcp_nodelay,
+            proxy,
+            proxy_trusted,
+            coordinator: Coordinator::new(),
+        }
+    }
+
+    /// The settings for a connection starting now.
+    pub fn live(&self) -> Arc<Live> {
+        self.live
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
+
+    /// Applies reloaded settings to connections that start from now on.
+    pub fn set_live(&self, live: Live) {
+        *self
+            .live
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Arc::new(live);
+    }
+
     /// Whether a peer may send a PROXY header at all (`proxy_trusted`).
     /// A Unix-socket peer (no IP) may: the socket file's mode decides who
     /// can connect.
@@ -85,12 +125,21 @@ pub async fn serve<S: EchoStream + Send + 'static>(
     // largest state, so the PROXY header and TLS handshake states (over a
     // kilobyte for rustls) are boxed rather than carried by every plain
     // connection.
+    let live = shared.live();
+    let (shared, live) = (&*shared, &*live);
     match (shared.proxy, transport) {
         (ProxyProtocol::Off, Transport::Plain) => {
-            echo_connection(stream, connection, None, &shared).await
+            echo_connection(stream, connection, None, shared, live).await
         }
-        (ProxyProtocol::Off, Transport::Tls) => Box::pin(secure(stream, connection, &shared)).await,
-        (_, transport) => Box::pin(read_proxy_header(stream, connection, transport, &shared)).await,
+        (ProxyProtocol::Off, Transport::Tls) => {
+            Box::pin(secure(stream, connection, shared, live)).await
+        }
+        (_, transport) => {
+            Box::pin(read_proxy_header(
+                stream, connection, transport, shared, live,
+            ))
+            .await
+        }
     }
 }
 
@@ -101,10 +150,11 @@ async fn read_proxy_header<S: EchoStream + Send + 'static>(
     mut connection: Connection,
     transport: Transport,
     shared: &Shared,
+    live: &Live,
 ) {
     let mut pending = BytesMut::new();
     let read = proxy::read_header(&mut stream, shared.proxy, &mut pending);
-    let limit = shared.header_timeout;
+    let limit = live.header_timeout;
     let read = async {
         tokio::time::timeout(limit, read)
             .await
@@ -147,8 +197,8 @@ async fn read_proxy_header<S: EchoStream + Send + 'static>(
     }
     let stream = Rewind::new(pending, stream);
     match transport {
-        Transport::Plain => echo_connection(stream, connection, None, shared).await,
-        Transport::Tls => secure(stream, connection, shared).await,
+        Transport::Plain => echo_connection(stream, connection, None, shared, live).await,
+        Transport::Tls => secure(stream, connection, shared, live).await,
     }
 }
 
@@ -158,11 +208,12 @@ async fn secure<S: EchoStream + Send + 'static>(
     stream: S,
     connection: Connection,
     shared: &Shared,
+    live: &Live,
 ) {
-    let Some(acceptor) = shared.tls.clone() else {
+    let Some(acceptor) = live.tls.clone() else {
         unreachable!("TLS listeners are bound with an acceptor");
     };
-    let limit = shared.tls_handshake_timeout;
+    let limit = live.tls_handshake_timeout;
     let peer = &connection.peer;
     let handshake = tokio::select! {
         biased;
@@ -186,7 +237,7 @@ async fn secure<S: EchoStream + Send + 'static>(
                 client_cert = subject.as_deref().unwrap_or("-"),
                 "TLS handshake with {peer} done"
             );
-            return echo_connection(stream, connection, subject, shared).await;
+            return echo_connection(stream, connection, subject, shared, live).await;
         }
         Err(failure) => failure,
     };
@@ -214,6 +265,7 @@ async fn echo_connection<S: EchoStream>(
     connection: Connection,
     client_cert: Option<String>,
     shared: &Shared,
+    live: &Live,
 ) {
     let opened = Instant::now();
     let (peer, client_cert) = (&connection.peer, client_cert.as_deref());
@@ -227,7 +279,7 @@ async fn echo_connection<S: EchoStream>(
     let metrics = shared.gate.metrics();
     let echo = echo::echo(
         &mut stream,
-        &shared.settings,
+        &live.settings,
         &connection.shutdown,
         &mut stats,
         metrics.map(|metrics| &metrics.echo),

@@ -54,3 +54,39 @@ impl Signals {
         }
     }
 }
+
+/// SIGHUP, which asks for a configuration reload. Installed when created;
+/// create it before binding, as [`Signals`], so an early SIGHUP cannot kill
+/// the process.
+pub struct Hangups {
+    #[cfg(unix)]
+    hangup: tokio::signal::unix::Signal,
+}
+
+impl Hangups {
+    pub fn install() -> io::Result<Hangups> {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            Ok(Hangups {
+                hangup: signal(SignalKind::hangup())?,
+            })
+        }
+        #[cfg(not(unix))]
+        {
+            Ok(Hangups {})
+        }
+    }
+
+    /// Resolves at the next SIGHUP (never where there is none).
+    pub async fn recv(&mut self) {
+        #[cfg(unix)]
+        {
+            if self.hangup.recv().await.is_none() {
+                std::future::pending::<()>().await;
+            }
+        }
+        #[cfg(not(unix))]
+        std::future::pending::<()>().await
+    }
+}

@@ -92,6 +92,11 @@ impl Limiter {
         }
     }
 
+    /// New rates from a reload; buckets refill at the new rates from now.
+    pub fn set_limits(&mut self, limits: UdpLimits) {
+        self.limits = limits;
+    }
+
     /// Whether a datagram from `source` gets its reply now.
     pub fn admit(&mut self, source: SocketAddr, now: Instant) -> Result<(), DropReason> {
         let verdict = self.decide(source, now);
