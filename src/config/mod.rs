@@ -789,6 +789,32 @@ mod tests {
     }
 
     #[test]
+    fn risky_but_allowed_settings_are_warned_about() {
+        let warnings = |flags: &[&str]| {
+            let mut flags = flags.to_vec();
+            let (_file, path) = file("");
+            flags.extend(["--config", &path]);
+            Config::load(&args(&flags), env(&[])).unwrap().1
+        };
+        assert!(warnings(&[]).is_empty());
+        assert!(warnings(&["--metrics", "127.0.0.1:0"]).is_empty());
+        let said = |flags: &[&str], what: &str| {
+            let found = warnings(flags);
+            assert!(
+                found.iter().any(|w| w.contains(what)),
+                "{flags:?}: {found:?}"
+            );
+        };
+        said(&["--max-frame-length", "100000000"], "over 64 MiB");
+        said(&["--metrics", "0.0.0.0:9090"], "no authentication");
+        said(
+            &["--proxy-trusted", "10.0.0.0/8"],
+            "proxy_trusted is unused",
+        );
+        assert!(warnings(&["--max-frame-length", "100000000", "--framing", "raw"]).is_empty());
+    }
+
+    #[test]
     fn every_key_has_a_flag_and_a_variable() {
         let help = ServerArgs::command().render_long_help().to_string();
         for key in KEYS {

@@ -134,7 +134,9 @@ impl<S: EchoStream> Echo<'_, S> {
     /// While lingering the connection counts as such: it owes the client
     /// nothing more.
     async fn close_early(&mut self, reason: CloseReason) -> io::Result<CloseReason> {
-        self.stream.shutdown().await?;
+        if !shut_write(self.stream).await? {
+            return Ok(reason);
+        }
         let _lingering = self.shutdown.linger();
         let (stream, buf) = (&mut *self.stream, &mut self.buf);
         let _ = tokio::time::timeout(LINGER, async {
@@ -250,7 +252,8 @@ impl<S: EchoStream> Echo<'_, S> {
         self.stats.bytes_truncated += remainder.truncated as u64;
         self.buf.clear();
         if matches!(reason, CloseReason::ClientClosed) {
-            self.stream.shutdown().await?;
+            // A client that half-closed but does not read: its reason stands.
+            shut_write(self.stream).await?;
             return Ok(reason);
         }
         self.close_early(reason).await
@@ -265,7 +268,7 @@ impl<S: EchoStream> Echo<'_, S> {
 /// sent it, such as the TLS alert that says why it was refused.
 pub async fn close_gently<S: AsyncRead + AsyncWrite + Unpin>(stream: &mut S, shutdown: &Shutdown) {
     use tokio::io::AsyncReadExt;
-    if stream.shutdown().await.is_err() {
+    if !matches!(shut_write(stream).await, Ok(true)) {
         return;
     }
     let _lingering = shutdown.linger();
@@ -274,6 +277,18 @@ pub async fn close_gently<S: AsyncRead + AsyncWrite + Unpin>(stream: &mut S, shu
         while let Ok(1..) = stream.read(&mut discard).await {}
     })
     .await;
+}
+
+/// Sends FIN (on TLS: `close_notify`, then FIN), waiting at most
+/// [`LINGER`]: a TLS alert stuck behind a send buffer its client never
+/// drains must not hold the task (and its slot) forever. `Ok(false)` when
+/// it did not complete in time: the client is not reading, so there is
+/// nothing to linger for, and the connection's close reason stands.
+async fn shut_write<S: AsyncWrite + Unpin>(stream: &mut S) -> io::Result<bool> {
+    match tokio::time::timeout(LINGER, stream.shutdown()).await {
+        Ok(done) => done.map(|()| true),
+        Err(_) => Ok(false),
+    }
 }
 
 /// Reads into `buf`, holding a buffer only while bytes are there: an
@@ -335,5 +350,77 @@ mod buffer_pool {
                 }
             });
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec::Framing;
+    use tokio::net::{TcpListener, TcpStream};
+
+    /// A real socket whose shutdown never completes, as a TLS
+    /// `close_notify` does behind a send buffer its client never drains.
+    struct StuckShutdown(TcpStream);
+
+    impl AsyncRead for StuckShutdown {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &mut tokio::io::ReadBuf<'_>,
+        ) -> Poll<io::Result<()>> {
+            Pin::new(&mut self.0).poll_read(cx, buf)
+        }
+    }
+
+    impl AsyncWrite for StuckShutdown {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            Pin::new(&mut self.0).poll_write(cx, buf)
+        }
+        fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Pin::new(&mut self.0).poll_flush(cx)
+        }
+        fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Pending
+        }
+    }
+
+    impl EchoStream for StuckShutdown {
+        fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            self.0.poll_read_ready(cx)
+        }
+        fn read_arrived(&mut self, buf: &mut BytesMut) -> io::Result<Option<usize>> {
+            self.0.read_arrived(buf)
+        }
+    }
+
+    #[tokio::test]
+    async fn a_close_whose_shutdown_never_completes_ends_at_the_linger_bound() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let mut served = StuckShutdown(listener.accept().await.unwrap().0);
+        tokio::io::AsyncWriteExt::write_all(&mut client, &[b'x'; 100])
+            .await
+            .unwrap();
+        let settings = ConnectionSettings {
+            codec: EchoCodec::new(Framing::Lines, 10),
+            idle_timeout: None,
+            frame_timeout: None,
+        };
+        let shutdown = super::super::shutdown::Coordinator::new().shutdown();
+        let mut stats = ConnectionStats::default();
+        let ended = tokio::time::timeout(
+            LINGER * 5,
+            echo(&mut served, &settings, &shutdown, &mut stats, None),
+        )
+        .await
+        .expect("the connection ended although its shutdown never completed");
+        assert!(matches!(ended, CloseReason::FrameTooLong(_)), "{ended}");
     }
 }
