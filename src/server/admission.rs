@@ -181,3 +181,30 @@ impl RejectionLog {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_task_that_panics_gives_back_its_permit_slot_and_gauge() {
+        let metrics = Arc::new(Metrics::new(false));
+        let gate = Arc::new(Gate::new(1, 1, Some(metrics.clone())));
+        let ip: IpAddr = "192.0.2.1".parse().unwrap();
+        let mut admission = gate.arrive();
+        admission.claim_ip(Some(ip), "192.0.2.1:1").unwrap();
+        admission.permit().await.unwrap();
+        assert!(metrics.render().contains("echod_connections_open 1"));
+        let task = tokio::spawn(async move {
+            let _admission = admission;
+            panic!("a bug in a connection task");
+        });
+        assert!(task.await.unwrap_err().is_panic());
+        assert!(metrics.render().contains("echod_connections_open 0"));
+        assert!(lock(&gate.per_ip).is_empty(), "the per-IP slot leaked");
+        assert_eq!(gate.permits.available_permits(), 1, "the permit leaked");
+        // And the next connection from that IP is admitted.
+        let mut next = gate.arrive();
+        assert!(next.claim_ip(Some(ip), "192.0.2.1:2").is_ok());
+    }
+}
