@@ -14,15 +14,12 @@ fn main() -> ExitCode {
         }
     };
     echod::logging::init(config.log_format, &config.log_level);
-    match args.config_file() {
-        Some(file) => tracing::info!("configuration from {}", file.display()),
-        None => tracing::info!("no config file: built-in defaults, environment and flags"),
-    }
     for warning in warnings {
         tracing::warn!("{warning}");
     }
+    let source = args.config_file().map(ToOwned::to_owned);
     let reload = Box::new(move || config::environment().and_then(|env| Config::load(&args, env)));
-    match server::run_until_signalled(config, reload) {
+    match server::run_until_signalled(config, source, reload) {
         Ok(_report) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("echo-server: {error}");

@@ -244,10 +244,12 @@ fn start_tasks(
 /// listener is bound), the listeners, and serving until SIGINT/SIGTERM; a
 /// second signal during the grace period cuts what is still open.
 ///
-/// `load` reads the configuration again (same file, environment and flags)
-/// for each SIGHUP.
+/// `source` is the config file that was read (logged once bound, so a
+/// start-up failure stays one line); `load` reads the configuration again
+/// (same file, environment and flags) for each SIGHUP.
 pub fn run_until_signalled(
     config: Config,
+    source: Option<std::path::PathBuf>,
     load: reload::Load,
 ) -> Result<ShutdownReport, ServerError> {
     let runtime = match config.workers {
@@ -264,6 +266,11 @@ pub fn run_until_signalled(
         let hangups = signals::Hangups::install()?;
         let (workers, max_connections) = (config.workers, config.max_connections);
         let server = Server::bind(config).await?;
+        // Logged once bound, so a start-up failure stays one line.
+        match &source {
+            Some(file) => info!("configuration from {}", file.display()),
+            None => info!("no config file: built-in defaults, environment and flags"),
+        }
         info!(workers, "runtime: {workers} worker thread(s)");
         limits::check_descriptor_limit(max_connections);
         let signals = tokio::sync::Mutex::new(signals);
