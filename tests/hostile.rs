@@ -7,22 +7,12 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{config, echo_once, TestServer, PATIENCE};
+use common::{config, echo_once, read_until_closed, TestServer, PATIENCE};
 use echod::{config::ProxyProtocol, Config};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::{TcpSocket, TcpStream},
 };
-
-/// Reads until the server closes (a reset counts); fails the test if it
-/// does not close within `PATIENCE`.
-async fn closed_by_server(stream: &mut TcpStream) -> Vec<u8> {
-    let mut got = Vec::new();
-    let _ = tokio::time::timeout(PATIENCE, stream.read_to_end(&mut got))
-        .await
-        .expect("the server closed the connection in time");
-    got
-}
 
 /// A connection from `local` (an address of 127.0.0.0/8).
 async fn connect_from(local: &str, server: std::net::SocketAddr) -> TcpStream {
@@ -57,7 +47,7 @@ async fn silent_proxy_connections_from_one_address_cannot_hold_every_slot() {
     let _silent_two = connect_from("127.0.0.1", addr).await;
     let mut third = connect_from("127.0.0.1", addr).await;
     let started = Instant::now();
-    assert_eq!(closed_by_server(&mut third).await, b"");
+    assert_eq!(read_until_closed(&mut third).await.0, b"");
     assert!(
         started.elapsed() < Duration::from_secs(5),
         "held {:?}",
@@ -87,7 +77,7 @@ async fn an_unfinished_proxy_header_is_cut_at_the_proxy_header_timeout() {
     let mut stream = TcpStream::connect(server.addr()).await.unwrap();
     stream.write_all(b"PROXY TCP4 192.0.2").await.unwrap();
     let started = Instant::now();
-    assert_eq!(closed_by_server(&mut stream).await, b"");
+    assert_eq!(read_until_closed(&mut stream).await.0, b"");
     let waited = started.elapsed();
     assert!(
         waited >= Duration::from_millis(150) && waited < Duration::from_secs(5),
@@ -110,7 +100,7 @@ async fn peers_outside_proxy_trusted_are_closed_and_trusted_ones_are_not_bounded
     let _ = stream
         .write_all(b"PROXY TCP4 192.0.2.1 127.0.0.1 5000 3600\r\nspoofed\n")
         .await;
-    assert_eq!(closed_by_server(&mut stream).await, b"");
+    assert_eq!(read_until_closed(&mut stream).await.0, b"");
     untrusted.shutdown().await;
 
     let trusted = TestServer::start(Config {

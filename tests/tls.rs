@@ -173,6 +173,22 @@ async fn tls_connect(
     echod::tls::connect(stream, config, name).await
 }
 
+/// A blocking rustls client, handshake done, for tests that must control
+/// exactly which bytes go on the wire after it.
+fn blocking_tls_client(
+    addr: SocketAddr,
+    args: &ClientTlsArgs,
+) -> (std::net::TcpStream, rustls::ClientConnection) {
+    let config = echod::tls::client_config(args).unwrap();
+    let name = echod::tls::server_name(args, "localhost").unwrap();
+    let mut tcp = std::net::TcpStream::connect(addr).unwrap();
+    let mut tls = rustls::ClientConnection::new(config, name).unwrap();
+    while tls.is_handshaking() {
+        tls.complete_io(&mut tcp).unwrap();
+    }
+    (tcp, tls)
+}
+
 /// Sends `input`, closes the TLS stream's sending side, returns all echoes.
 async fn tls_round_trip(
     stream: echod::tls::ClientStream<TcpStream>,
@@ -841,15 +857,9 @@ async fn hostile_close_notify_followed_by_more_records_does_not_spin_the_drain()
     .await;
     let addr = server.addr();
     let args = pki.client_args("ca.pem", None);
-    let config = echod::tls::client_config(&args).unwrap();
-    let name = echod::tls::server_name(&args, "localhost").unwrap();
     // Handshake, then flood lines without reading until our writes stall.
     let (mut tcp, tail) = tokio::task::spawn_blocking(move || {
-        let mut tcp = std::net::TcpStream::connect(addr).unwrap();
-        let mut tls = rustls::ClientConnection::new(config, name).unwrap();
-        while tls.is_handshaking() {
-            tls.complete_io(&mut tcp).unwrap();
-        }
+        let (mut tcp, mut tls) = blocking_tls_client(addr, &args);
         tcp.set_write_timeout(Some(Duration::from_millis(300)))
             .unwrap();
         let lines = b"a line the server echoes while nobody reads\n".repeat(400);
@@ -964,14 +974,8 @@ async fn hostile_dribbled_tls_ciphertext_is_cut_at_the_frame_timeout() {
     .await;
     let addr = server.addr();
     let args = pki.client_args("ca.pem", None);
-    let config = echod::tls::client_config(&args).unwrap();
-    let name = echod::tls::server_name(&args, "localhost").unwrap();
     let waited = tokio::task::spawn_blocking(move || {
-        let mut tcp = std::net::TcpStream::connect(addr).unwrap();
-        let mut tls = rustls::ClientConnection::new(config, name).unwrap();
-        while tls.is_handshaking() {
-            tls.complete_io(&mut tcp).unwrap();
-        }
+        let (mut tcp, _session) = blocking_tls_client(addr, &args);
         // An application-data record header announcing 64 bytes, then its
         // body one byte every 50 ms (6 s in all if nothing stops it).
         let mut writer = tcp.try_clone().unwrap();
