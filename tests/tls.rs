@@ -944,6 +944,25 @@ async fn a_tls_close_without_close_notify_is_not_logged_at_info() {
         // Drop the TCP connection under the session: no close_notify.
         drop(stream.into_inner().0);
     }
+    // An independent peer killed mid-session: openssl s_client.
+    if let Some(openssl) = openssl() {
+        let mut child = Command::new(openssl)
+            .args(["s_client", "-quiet", "-verify_return_error"])
+            .args(["-connect", &addr.to_string(), "-CAfile", &pki.arg("ca.pem")])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn openssl");
+        let mut stdin = child.stdin.take().unwrap();
+        std::io::Write::write_all(&mut stdin, b"ping\n").unwrap();
+        let mut echoed = String::new();
+        let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+        std::io::BufRead::read_line(&mut stdout, &mut echoed).unwrap();
+        assert_eq!(echoed, "ping\n");
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
     server.signal(libc::SIGTERM);
     assert_eq!(server.wait().code(), Some(0));
     let noisy: Vec<_> = server
