@@ -203,13 +203,22 @@ async fn the_per_ip_limit_counts_the_client_in_the_header_not_the_balancer() {
 
 /// `GET /metrics` over a plain socket: (status line, body).
 async fn scrape(addr: SocketAddr, path: &str) -> (String, String) {
+    let (head, body) = http(addr, "GET", path).await;
+    (head.lines().next().unwrap().to_owned(), body)
+}
+
+/// One request with `Connection: close`: (head, body).
+async fn http(addr: SocketAddr, method: &str, path: &str) -> (String, String) {
     let mut stream = TcpStream::connect(addr).await.unwrap();
-    let request = format!("GET {path} HTTP/1.1\r\nHost: test\r\n\r\n");
+    let request = format!("{method} {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n");
     stream.write_all(request.as_bytes()).await.unwrap();
     let mut response = String::new();
-    stream.read_to_string(&mut response).await.unwrap();
+    tokio::time::timeout(PATIENCE, stream.read_to_string(&mut response))
+        .await
+        .expect("response in time")
+        .unwrap();
     let (head, body) = response.split_once("\r\n\r\n").unwrap();
-    (head.lines().next().unwrap().to_owned(), body.to_owned())
+    (head.to_owned(), body.to_owned())
 }
 
 /// The value of one series, e.g. `echod_connections_total`.
@@ -242,7 +251,7 @@ async fn scrape_until(addr: SocketAddr, expected: &[(&str, f64)]) -> String {
 #[tokio::test]
 async fn metrics_count_connections_bytes_frames_closes_and_rejections() {
     let server = TestServer::start(echod::Config {
-        metrics: Some("127.0.0.1:0".parse().unwrap()),
+        admin: Some("127.0.0.1:0".parse().unwrap()),
         max_frame_length: 16,
         ..config()
     })
@@ -300,7 +309,7 @@ async fn metrics_count_connections_bytes_frames_closes_and_rejections() {
 #[tokio::test]
 async fn metrics_count_proxy_and_per_ip_rejections_and_udp_drops() {
     let server = TestServer::start(echod::Config {
-        metrics: Some("127.0.0.1:0".parse().unwrap()),
+        admin: Some("127.0.0.1:0".parse().unwrap()),
         proxy_protocol: ProxyProtocol::V1,
         max_connections_per_ip: 1,
         udp: vec!["127.0.0.1:0".parse().unwrap()],
@@ -692,4 +701,157 @@ async fn sighup_reloads_what_it_can_names_what_needs_a_restart_and_refuses_bad_f
     assert_eq!(echo_once(&mut fresh, b"served\n").await, b"served\n");
     server.signal(libc::SIGTERM);
     assert_eq!(server.wait().code(), Some(0));
+}
+
+#[tokio::test]
+async fn the_admin_endpoint_answers_metrics_liveness_readiness_head_405_and_404() {
+    let server = TestServer::start(echod::Config {
+        admin: Some("127.0.0.1:0".parse().unwrap()),
+        ..config()
+    })
+    .await;
+    let admin = server.metrics_addr.unwrap();
+    let (head, body) = http(admin, "GET", "/livez").await;
+    assert!(head.starts_with("HTTP/1.1 200 OK"), "{head}");
+    assert_eq!(body, "ok\n");
+    let (head, _) = http(admin, "GET", "/readyz").await;
+    assert!(head.starts_with("HTTP/1.1 200 OK"), "{head}");
+    let (head, body) = http(admin, "GET", "/metrics").await;
+    assert!(head.contains("application/openmetrics-text"), "{head}");
+    assert!(body.contains("echod_connections_total"), "{body}");
+    let (head, body) = http(admin, "HEAD", "/metrics").await;
+    assert!(head.starts_with("HTTP/1.1 200 OK"), "{head}");
+    assert!(body.is_empty(), "HEAD sent a body");
+    let (head, _) = http(admin, "POST", "/livez").await;
+    assert!(head.starts_with("HTTP/1.1 405"), "{head}");
+    assert!(head.to_lowercase().contains("allow: get, head"), "{head}");
+    let (head, _) = http(admin, "GET", "/nope").await;
+    assert!(head.starts_with("HTTP/1.1 404"), "{head}");
+    server.shutdown().await;
+}
+
+/// The address in the `admin listening on ADDR` line.
+fn admin_addr(server: &mut ServerProcess) -> SocketAddr {
+    let line = server.wait_for("admin listening on");
+    let rest = line.split("admin listening on ").nth(1).unwrap();
+    rest.split_whitespace().next().unwrap().parse().unwrap()
+}
+
+/// `--drain-delay` (contract): at SIGTERM `/readyz` answers 503 at once
+/// while the listeners keep accepting and serving for the delay; then the
+/// graceful shutdown runs and the process exits 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn during_the_drain_delay_readyz_is_503_and_new_clients_are_still_served() {
+    let mut server = ServerProcess::spawn(
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--admin",
+            "127.0.0.1:0",
+            "--drain-delay",
+            "2",
+        ],
+        &[],
+    );
+    let addr = server.listening(1)[0];
+    let admin = admin_addr(&mut server);
+    assert!(http(admin, "GET", "/readyz")
+        .await
+        .0
+        .starts_with("HTTP/1.1 200"));
+    let signalled = Instant::now();
+    server.signal(libc::SIGTERM);
+    server.wait_for("drain delay");
+    let (head, _) = http(admin, "GET", "/readyz").await;
+    assert!(head.starts_with("HTTP/1.1 503"), "{head}");
+    assert!(http(admin, "GET", "/livez")
+        .await
+        .0
+        .starts_with("HTTP/1.1 200"));
+    let mut late = TcpStream::connect(addr).await.unwrap();
+    assert_eq!(
+        echo_once(&mut late, b"still served\n").await,
+        b"still served\n"
+    );
+    drop(late);
+    assert_eq!(server.wait().code(), Some(0));
+    assert!(
+        signalled.elapsed() >= Duration::from_millis(1900),
+        "{:?}",
+        signalled.elapsed()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_signal_during_the_drain_delay_ends_it_at_once() {
+    let mut server = ServerProcess::spawn(
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--admin",
+            "127.0.0.1:0",
+            "--drain-delay",
+            "600",
+        ],
+        &[],
+    );
+    server.listening(1);
+    server.signal(libc::SIGTERM);
+    server.wait_for("drain delay");
+    let started = Instant::now();
+    server.signal(libc::SIGTERM);
+    assert_eq!(server.wait().code(), Some(0));
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+/// Health-check traffic is quiet (contract): a TCP connect-and-close, a
+/// PROXY v2 `LOCAL` connection (a balancer's own check) and `/livez` and
+/// `/readyz` probes log at DEBUG only, so checks every second do not
+/// flood the log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_checks_are_not_logged_at_info() {
+    let mut server = ServerProcess::spawn(
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--admin",
+            "127.0.0.1:0",
+            "--proxy-protocol",
+            "v2",
+        ],
+        &[],
+    );
+    let addr = server.listening(1)[0];
+    let admin = admin_addr(&mut server);
+    let local_header = [&b"\r\n\r\n\0\r\nQUIT\n"[..], &[0x20, 0x00, 0x00, 0x00]].concat();
+    for _ in 0..3 {
+        drop(TcpStream::connect(addr).await.unwrap());
+        let mut check = TcpStream::connect(addr).await.unwrap();
+        check.write_all(&local_header).await.unwrap();
+        assert_eq!(echo_once(&mut check, b"ok?\n").await, b"ok?\n");
+        drop(check);
+        assert!(http(admin, "GET", "/livez")
+            .await
+            .0
+            .starts_with("HTTP/1.1 200"));
+        assert!(http(admin, "GET", "/readyz")
+            .await
+            .0
+            .starts_with("HTTP/1.1 200"));
+    }
+    server.signal(libc::SIGTERM);
+    assert_eq!(server.wait().code(), Some(0));
+    let noisy: Vec<_> = server
+        .stderr
+        .iter()
+        .filter(|line| {
+            line.contains("INFO") && (line.contains("connection from") || line.contains("admin "))
+        })
+        .filter(|line| !line.contains("admin listening on"))
+        .collect();
+    assert!(noisy.is_empty(), "health checks logged at INFO: {noisy:#?}");
 }

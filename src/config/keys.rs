@@ -73,6 +73,15 @@ pub fn names() -> String {
         .join(", ")
 }
 
+/// `HOST:PORT`, or off for `""` (and `off`).
+fn admin_address(v: Value) -> Result<Option<crate::addr::ListenAddr>, String> {
+    let addr = v.text()?;
+    match addr.trim() {
+        "" | "off" => Ok(None),
+        addr => addr.parse().map(Some),
+    }
+}
+
 /// `10.0.0.0/8`, `2001:db8::/32`, or one address (`192.0.2.7`).
 fn parse_network(item: &str) -> Result<ipnet::IpNet, String> {
     item.parse::<ipnet::IpNet>()
@@ -352,22 +361,35 @@ pub static KEYS: &[Key] = &[
         },
     },
     Key {
-        name: "metrics",
+        name: "admin",
         value_name: "ADDR",
-        help: "Serve Prometheus metrics over HTTP at ADDR (HOST:PORT), path \
-               /metrics; an empty value turns them off [default: off]",
+        help: "Serve the admin endpoint over HTTP at ADDR (HOST:PORT): /metrics \
+               (Prometheus), /livez, /readyz; an empty value turns it off \
+               [default: off]",
         default: Builtin::Text(""),
         choices: &[],
         list: false,
-        set: |c, v| {
-            let addr = v.text()?;
-            let addr = addr.trim();
-            c.metrics = match addr {
-                "" | "off" => None,
-                addr => Some(addr.parse()?),
-            };
-            Ok(())
-        },
+        set: |c, v| store(&mut c.admin, admin_address(v)?),
+    },
+    Key {
+        name: "metrics",
+        value_name: "ADDR",
+        help: "The same as --admin (the endpoint serves /metrics too) [default: off]",
+        default: Builtin::Text(""),
+        choices: &[],
+        list: false,
+        set: |c, v| store(&mut c.admin, admin_address(v)?),
+    },
+    Key {
+        name: "drain_delay",
+        value_name: "SECS",
+        help: "At SIGTERM/SIGINT, answer /readyz with 503 at once but keep accepting \
+               and serving for this long (so a load balancer can take the instance \
+               out of rotation), then shut down gracefully [default: 0]",
+        default: Builtin::Text("0"),
+        choices: &[],
+        list: false,
+        set: |c, v| store(&mut c.drain_delay, v.seconds()?),
     },
     Key {
         name: "tls_cert",

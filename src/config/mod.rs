@@ -171,8 +171,11 @@ pub struct Config {
     pub proxy_header_timeout: Duration,
     /// Peers allowed to send a PROXY header; empty = every peer.
     pub proxy_trusted: Vec<ipnet::IpNet>,
-    /// Where Prometheus metrics are served; `None` = off.
-    pub metrics: Option<ListenAddr>,
+    /// Where the admin endpoint (metrics, liveness, readiness) is served;
+    /// `None` = off. Set by `admin` or its alias `metrics`.
+    pub admin: Option<ListenAddr>,
+    /// At a shutdown signal, how long to keep serving with readiness off.
+    pub drain_delay: Duration,
     /// TLS: certificate chain and key (PEM) for `tls:` listeners, and the
     /// CA bundle client certificates must chain to (mutual TLS).
     pub tls: TlsFiles,
@@ -208,7 +211,8 @@ impl Default for Config {
             proxy_protocol: ProxyProtocol::default(),
             proxy_header_timeout: Duration::ZERO,
             proxy_trusted: Vec::new(),
-            metrics: None,
+            admin: None,
+            drain_delay: Duration::ZERO,
             tls: TlsFiles::default(),
             tls_handshake_timeout: Duration::ZERO,
         };
@@ -299,11 +303,11 @@ impl Config {
                 LARGE_FRAME_LENGTH >> 20
             ));
         }
-        if let Some(metrics) = &self.metrics {
-            let loopback = metrics.socket_addr().map(|addr| addr.ip().is_loopback());
-            if loopback != Some(true) && metrics.host() != "localhost" {
+        if let Some(admin) = &self.admin {
+            let loopback = admin.socket_addr().map(|addr| addr.ip().is_loopback());
+            if loopback != Some(true) && admin.host() != "localhost" {
                 warnings.push(format!(
-                    "metrics on {metrics}: reachable beyond this host; the endpoint has no authentication"
+                    "admin endpoint on {admin}: reachable beyond this host; it has no authentication"
                 ));
             }
         }
@@ -335,7 +339,7 @@ impl Config {
             ("reuse_port", self.reuse_port != new.reuse_port),
             ("proxy_protocol", self.proxy_protocol != new.proxy_protocol),
             ("proxy_trusted", self.proxy_trusted != new.proxy_trusted),
-            ("metrics", self.metrics != new.metrics),
+            ("admin", self.admin != new.admin),
         ];
         differs
             .into_iter()
@@ -352,6 +356,7 @@ impl Config {
             idle_timeout: new.idle_timeout,
             frame_timeout: new.frame_timeout,
             shutdown_grace: new.shutdown_grace,
+            drain_delay: new.drain_delay,
             tls_handshake_timeout: new.tls_handshake_timeout,
             proxy_header_timeout: new.proxy_header_timeout,
             max_connections_per_ip: new.max_connections_per_ip,
@@ -763,7 +768,7 @@ mod tests {
             let mut changed = Config::default();
             // A value other than the default, valid for the key.
             let other = match key.name {
-                "listen" | "udp" | "metrics" => "127.0.0.1:9",
+                "listen" | "udp" | "metrics" | "admin" => "127.0.0.1:9",
                 "unix_socket_mode" => "0600",
                 "framing" => "raw",
                 "log_format" => "json",
@@ -778,7 +783,13 @@ mod tests {
             (key.set)(&mut changed, Value::Text(other.into())).unwrap();
             let running = Config::default();
             assert_ne!(changed, running, "{} did not change", key.name);
-            let named = running.restart_only_changes(&changed) == [key.name];
+            // `metrics` is the same setting as `admin`.
+            let name = if key.name == "metrics" {
+                "admin"
+            } else {
+                key.name
+            };
+            let named = running.restart_only_changes(&changed) == [name];
             let applied = running.reloaded(&changed) == changed;
             assert!(
                 named != applied,

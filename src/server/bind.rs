@@ -31,8 +31,8 @@ const LISTEN_BACKLOG: i32 = 4096;
 pub struct Bound {
     pub listeners: Vec<Listener>,
     pub udp: Vec<UdpSocket>,
-    /// The metrics exporter's listener, when on.
-    pub metrics: Option<TcpListener>,
+    /// The admin endpoint's listener, when on.
+    pub admin: Option<TcpListener>,
     /// For `tls:` listeners.
     pub tls: Option<tokio_rustls::TlsAcceptor>,
 }
@@ -56,7 +56,7 @@ impl Bound {
         let mut bound = Bound {
             listeners: Vec::new(),
             udp: Vec::new(),
-            metrics: None,
+            admin: None,
             tls,
         };
         if inherited.is_empty() {
@@ -68,8 +68,8 @@ impl Bound {
             );
             bound.adopt(inherited)?;
         }
-        if let Some(listen) = &config.metrics {
-            bound.metrics = Some(bind_metrics(listen).await?);
+        if let Some(listen) = &config.admin {
+            bound.admin = Some(bind_admin(listen).await?);
         }
         bound.log_listening();
         Ok(bound)
@@ -172,13 +172,13 @@ async fn resolved(listen: &ListenAddr) -> Result<Vec<SocketAddr>, ServerError> {
         })
 }
 
-async fn bind_metrics(listen: &ListenAddr) -> Result<TcpListener, ServerError> {
+async fn bind_admin(listen: &ListenAddr) -> Result<TcpListener, ServerError> {
     let addr = resolved(listen).await?[0];
     let listener = TcpListener::bind(addr)
         .await
         .map_err(|source| ServerError::BindMetrics { addr, source })?;
     let addr = listener.local_addr()?;
-    info!(address = %addr, "metrics on http://{addr}/metrics");
+    info!(address = %addr, "admin listening on {addr} (/metrics, /livez, /readyz)");
     Ok(listener)
 }
 

@@ -7,27 +7,17 @@
 //! The one lock is the duration histogram's, taken once per connection when
 //! it closes. With metrics off the loop skips even the atomics.
 //!
-//! The exporter is a minimal HTTP/1.1 responder for `GET /metrics` (OpenMetrics
-//! text): one request per connection, bounded in size and time, on its own
-//! listener, so a scraper cannot disturb the echo listeners.
+//! They are served at `/metrics` by the admin endpoint ([`super::admin`]).
 
-use std::{io, sync::Arc, time::Duration};
+use std::time::Duration;
 
 use prometheus_client::{
     metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
     registry::Registry,
 };
-use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt},
-    net::{TcpListener, TcpStream},
-};
-use tracing::debug;
 
 pub use super::reason::Rejection;
-use super::{
-    reason::{CloseReason, DropReason},
-    shutdown::Shutdown,
-};
+use super::reason::{CloseReason, DropReason};
 
 type Labels = [(&'static str, &'static str); 1];
 
@@ -214,150 +204,4 @@ impl Metrics {
         let _ = prometheus_client::encoding::text::encode(&mut text, &self.registry);
         text
     }
-}
-
-/// Longest request head the exporter reads.
-const MAX_REQUEST: usize = 8 * 1024;
-/// How long a scraper may take to send its request head. Prometheus sends
-/// it at once; a client that does not is not a scraper.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
-/// Requests served at once. Past this a connection gets 503 at once rather
-/// than waiting, so silent clients can make a scrape fail but never hang.
-const MAX_SCRAPES: usize = 1024;
-
-/// Serves `GET /metrics` until the shutdown drains.
-pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, shutdown: Shutdown) {
-    let scrapes = Arc::new(tokio::sync::Semaphore::new(MAX_SCRAPES));
-    loop {
-        let accepted = tokio::select! {
-            biased;
-            _ = shutdown.draining() => return,
-            accepted = listener.accept() => accepted,
-        };
-        let (mut stream, peer) = match accepted {
-            Ok(accepted) => accepted,
-            Err(error) => {
-                debug!(%error, "metrics accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        let Ok(permit) = scrapes.clone().try_acquire_owned() else {
-            debug!(%peer, "metrics: too many requests at once; 503");
-            tokio::spawn(async move {
-                let busy = response("503 Service Unavailable", "text/plain", "busy\n", true);
-                let _ =
-                    tokio::time::timeout(REQUEST_TIMEOUT, stream.write_all(busy.as_bytes())).await;
-            });
-            continue;
-        };
-        let metrics = metrics.clone();
-        tokio::spawn(async move {
-            let _permit = permit;
-            if let Err(error) = respond(stream, &metrics).await {
-                debug!(%peer, %error, "metrics request failed");
-            }
-        });
-    }
-}
-
-/// Where a request head stands after the bytes read so far.
-#[derive(Debug, PartialEq, Eq)]
-enum Head {
-    Incomplete,
-    Complete,
-    /// Not an HTTP request: answer 400 now rather than wait for more.
-    Bad,
-}
-
-fn head_state(head: &[u8]) -> Head {
-    if head.first().is_some_and(|b| !b.is_ascii_uppercase()) {
-        return Head::Bad;
-    }
-    if let Some(end) = memchr::memchr(b'\n', head) {
-        let line = head[..end].strip_suffix(b"\r").unwrap_or(&head[..end]);
-        let mut parts = line.split(|&b| b == b' ');
-        let well_formed = matches!(
-            (parts.next(), parts.next(), parts.next(), parts.next()),
-            (Some(method), Some(target), Some(version), None)
-                if method.iter().all(u8::is_ascii_uppercase)
-                    && !target.is_empty()
-                    && version.starts_with(b"HTTP/1.")
-        );
-        if !well_formed {
-            return Head::Bad;
-        }
-    }
-    // Bare LF line ends are accepted as RFC 9112 allows.
-    if memchr::memmem::find(head, b"\r\n\r\n").is_some()
-        || memchr::memmem::find(head, b"\n\n").is_some()
-    {
-        return Head::Complete;
-    }
-    if head.len() >= MAX_REQUEST {
-        return Head::Bad;
-    }
-    Head::Incomplete
-}
-
-fn response(status: &str, content_type: &str, body: &str, with_body: bool) -> String {
-    let mut response = format!(
-        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
-    );
-    if with_body {
-        response.push_str(body);
-    }
-    response
-}
-
-async fn respond(mut stream: TcpStream, metrics: &Metrics) -> io::Result<()> {
-    let mut head = Vec::with_capacity(1024);
-    let state = tokio::time::timeout(REQUEST_TIMEOUT, async {
-        let mut chunk = [0u8; 1024];
-        loop {
-            match head_state(&head) {
-                Head::Incomplete => {}
-                done => return Ok::<Head, io::Error>(done),
-            }
-            let read = stream.read(&mut chunk).await?;
-            if read == 0 {
-                return Ok(Head::Bad);
-            }
-            head.extend_from_slice(&chunk[..read]);
-        }
-    })
-    .await
-    .map_err(|_| io::Error::from(io::ErrorKind::TimedOut))??;
-    let complete = state == Head::Complete;
-    let request_line = head.split(|&b| b == b'\n').next().unwrap_or_default();
-    let mut parts = request_line.split(|&b| b == b' ');
-    let (method, target) = (
-        parts.next().unwrap_or_default(),
-        parts.next().unwrap_or_default(),
-    );
-    let (status, content_type, body) = if !complete {
-        ("400 Bad Request", "text/plain", "bad request\n".to_owned())
-    } else if method != b"GET" && method != b"HEAD" {
-        (
-            "405 Method Not Allowed",
-            "text/plain",
-            "only GET\n".to_owned(),
-        )
-    } else if target != b"/metrics" && !target.starts_with(b"/metrics?") {
-        (
-            "404 Not Found",
-            "text/plain",
-            "metrics are at /metrics\n".to_owned(),
-        )
-    } else {
-        (
-            "200 OK",
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            metrics.render(),
-        )
-    };
-    let response = response(status, content_type, &body, method != b"HEAD");
-    stream.write_all(response.as_bytes()).await?;
-    stream.shutdown().await
 }

@@ -13,6 +13,7 @@
 //! and never the client.
 
 mod accept;
+pub mod admin;
 pub mod admission;
 mod bind;
 pub mod echo;
@@ -99,7 +100,7 @@ impl Server {
             .filter_map(|socket| socket.local_addr().ok())
             .collect();
         let metrics_addr = bound
-            .metrics
+            .admin
             .as_ref()
             .and_then(|listener| listener.local_addr().ok());
         Ok(Server {
@@ -116,7 +117,7 @@ impl Server {
         &self.udp_addrs
     }
 
-    /// Where the Prometheus exporter listens, when metrics are on.
+    /// Where the admin endpoint (with `/metrics`) listens, when on.
     pub fn metrics_addr(&self) -> Option<SocketAddr> {
         self.metrics_addr
     }
@@ -146,7 +147,7 @@ impl Server {
         self,
         shutdown: F,
         cut_now: C,
-        mut reloader: Option<reload::Reloader>,
+        reloader: Option<reload::Reloader>,
     ) -> ShutdownReport
     where
         F: Future<Output = S>,
@@ -155,12 +156,17 @@ impl Server {
         D: std::fmt::Display,
     {
         let Server {
-            bound, mut config, ..
+            mut bound,
+            mut config,
+            ..
         } = self;
         let metrics = bound
-            .metrics
+            .admin
             .as_ref()
             .map(|_| Arc::new(Metrics::new(!bound.udp.is_empty())));
+        let admin = metrics
+            .clone()
+            .map(|metrics| Arc::new(admin::AdminState::new(metrics)));
         let gate = Gate::new(
             config.max_connections,
             config.max_connections_per_ip,
@@ -173,26 +179,21 @@ impl Server {
             config.proxy_protocol,
             config.proxy_trusted.clone(),
         ));
+        let admin_task = bound
+            .admin
+            .take()
+            .zip(admin.clone())
+            .map(|(listener, state)| tokio::spawn(admin::serve(listener, state)));
         let (mut tasks, limiter) = start_tasks(bound, &shared, metrics, &config);
         systemd::notify_ready();
-        tokio::pin!(shutdown);
-        let cause = loop {
-            let hangup = async {
-                match &mut reloader {
-                    Some(reloader) => reloader.hangups.recv().await,
-                    None => std::future::pending().await,
-                }
-            };
-            tokio::select! {
-                cause = &mut shutdown => break cause,
-                () = hangup => {
-                    if let Some(reloader) = &mut reloader {
-                        reload::reload(&mut config, &mut reloader.load, &shared, limiter.as_ref());
-                    }
-                }
-            }
-        };
+        let cause =
+            until_shutdown(shutdown, reloader, &mut config, &shared, limiter.as_ref()).await;
         systemd::notify_stopping();
+        if let Some(admin) = &admin {
+            admin.not_ready();
+        }
+        tokio::pin!(cut_now);
+        let cut_early = drain_delay(config.drain_delay, &mut cut_now).await;
         let grace = config.shutdown_grace;
         shared.coordinator.drain();
         // Every accept loop returns at once on drain, dropping (closing) its listener.
@@ -202,13 +203,77 @@ impl Server {
             shared.coordinator.open(),
             grace.as_secs_f64()
         );
-        let report = shared.coordinator.finish(grace, cut_now).await;
+        let report = match cut_early {
+            Some(cause) => {
+                shared
+                    .coordinator
+                    .finish(grace, std::future::ready(cause))
+                    .await
+            }
+            None => shared.coordinator.finish(grace, cut_now).await,
+        };
+        if let Some(task) = admin_task {
+            task.abort();
+        }
         info!("shutdown complete");
         report
     }
 }
 
-/// Starts the accept loops, the metrics exporter and the UDP echo; returns
+/// Waits for the shutdown signal; meanwhile each SIGHUP reloads `config`.
+async fn until_shutdown<F, S>(
+    shutdown: F,
+    mut reloader: Option<reload::Reloader>,
+    config: &mut Config,
+    shared: &Shared,
+    limiter: Option<&Arc<Mutex<udp::Limiter>>>,
+) -> S
+where
+    F: Future<Output = S>,
+{
+    tokio::pin!(shutdown);
+    loop {
+        let hangup = async {
+            match &mut reloader {
+                Some(reloader) => reloader.hangups.recv().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            cause = &mut shutdown => return cause,
+            () = hangup => {
+                if let Some(reloader) = &mut reloader {
+                    reload::reload(config, &mut reloader.load, shared, limiter);
+                }
+            }
+        }
+    }
+}
+
+/// `--drain-delay`: keeps serving (with readiness off) for `delay`; a second
+/// signal ends it early and is returned, to cut every connection at once.
+async fn drain_delay<C, D>(
+    delay: std::time::Duration,
+    cut_now: &mut std::pin::Pin<&mut C>,
+) -> Option<D>
+where
+    C: Future<Output = D>,
+    D: std::fmt::Display,
+{
+    if delay.is_zero() {
+        return None;
+    }
+    info!(
+        "shutdown requested: /readyz answers 503; still serving for the {:.1}s drain delay",
+        delay.as_secs_f64()
+    );
+    tokio::select! {
+        () = tokio::time::sleep(delay) => None,
+        cause = cut_now.as_mut() => Some(cause),
+    }
+}
+
+/// Starts the accept loops and the UDP echo; returns
 /// them, and the UDP limiter (which a reload updates).
 fn start_tasks(
     bound: Bound,
@@ -219,10 +284,6 @@ fn start_tasks(
     let mut tasks = JoinSet::new();
     for listener in bound.listeners {
         tasks.spawn(accept::accept_loop(listener, shared.clone()));
-    }
-    if let (Some(listener), Some(metrics)) = (bound.metrics, &metrics) {
-        let shutdown = shared.coordinator.shutdown();
-        tasks.spawn(metrics::serve(listener, metrics.clone(), shutdown));
     }
     let limiter = (!bound.udp.is_empty()).then(|| {
         let limiter = udp::Limiter::new(config.udp_limits.clone(), Instant::now());

@@ -270,6 +270,11 @@ impl ServerProcess {
                 .filter(|line| line.contains("listening on "))
                 .nth(seen)
                 .unwrap();
+            seen += 1;
+            // The admin endpoint's line is not a listener.
+            if line.contains("admin listening on ") {
+                continue;
+            }
             let addr = line
                 .split("listening on ")
                 .nth(1)
@@ -281,7 +286,6 @@ impl ServerProcess {
                 .and_then(|addr| addr.parse().ok())
                 .unwrap_or_else(|| panic!("no address in {line:?}"));
             addrs.push(addr);
-            seen += 1;
         }
         addrs
     }
