@@ -93,6 +93,10 @@ pub enum Endpoint {
     Unix(std::path::PathBuf),
     /// TLS over TCP: `tls:HOST:PORT`.
     Tls(ListenAddr),
+    /// HTTP/1.1 with WebSocket echo: `ws:HOST:PORT`.
+    Ws(ListenAddr),
+    /// The same over TLS: `wss:HOST:PORT`.
+    Wss(ListenAddr),
 }
 
 impl FromStr for Endpoint {
@@ -105,11 +109,28 @@ impl FromStr for Endpoint {
             Some(_) => Err(format!(
                 "bad address {s:?}: Unix sockets are not supported on this platform"
             )),
-            None => match s.strip_prefix("tls:") {
-                Some(addr) => addr.parse().map(Endpoint::Tls),
-                None => s.parse().map(Endpoint::Tcp),
-            },
+            None => {
+                type Scheme = (&'static str, fn(ListenAddr) -> Endpoint);
+                let schemes: [Scheme; 3] = [
+                    ("tls:", Endpoint::Tls),
+                    ("wss:", Endpoint::Wss),
+                    ("ws:", Endpoint::Ws),
+                ];
+                for (scheme, endpoint) in schemes {
+                    if let Some(addr) = s.strip_prefix(scheme) {
+                        return addr.parse().map(endpoint);
+                    }
+                }
+                s.parse().map(Endpoint::Tcp)
+            }
         }
+    }
+}
+
+impl Endpoint {
+    /// Whether connections to it start with a TLS handshake.
+    pub fn is_tls(&self) -> bool {
+        matches!(self, Endpoint::Tls(_) | Endpoint::Wss(_))
     }
 }
 
@@ -119,6 +140,8 @@ impl fmt::Display for Endpoint {
             Endpoint::Tcp(addr) => addr.fmt(f),
             Endpoint::Unix(path) => write!(f, "unix:{}", path.display()),
             Endpoint::Tls(addr) => write!(f, "tls:{addr}"),
+            Endpoint::Ws(addr) => write!(f, "ws:{addr}"),
+            Endpoint::Wss(addr) => write!(f, "wss:{addr}"),
         }
     }
 }

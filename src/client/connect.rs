@@ -28,6 +28,11 @@ impl Target {
         if udp && !matches!(endpoint, Endpoint::Tcp(_)) {
             return Err(ClientError::Usage("--udp needs a HOST:PORT address".into()));
         }
+        if matches!(endpoint, Endpoint::Ws(_) | Endpoint::Wss(_)) {
+            return Err(ClientError::Usage(format!(
+                "{endpoint}: the client does not speak WebSocket yet; use a WebSocket client such as websocat"
+            )));
+        }
         let tls = tls_setup(&endpoint, tls)?;
         Ok(Target { endpoint, tls, udp })
     }
@@ -57,6 +62,7 @@ impl Target {
             Endpoint::Unix(_) => Err(ClientError::Usage(
                 "Unix sockets are not supported here".into(),
             )),
+            Endpoint::Ws(_) | Endpoint::Wss(_) => unreachable!("refused by Target::new"),
             Endpoint::Tls(addr) => {
                 let tls = self.tls.clone().expect("set up for tls:");
                 Ok(Conn::Tls(Box::new(connect_tls(addr, tls, timeout).await?)))

@@ -277,7 +277,7 @@ impl Config {
     /// allowed but deserve a warning. (TLS files are read and checked by
     /// the server before it binds, in one place.)
     fn check(&self, warnings: &mut Vec<String>) -> Result<(), ConfigError> {
-        let tls_listener = self.listen.iter().find(|e| matches!(e, Endpoint::Tls(_)));
+        let tls_listener = self.listen.iter().find(|e| e.is_tls());
         match (tls_listener, &self.tls.cert, &self.tls.key) {
             (Some(endpoint), None, _) | (Some(endpoint), _, None) => {
                 return Err(ConfigError(format!(
@@ -286,7 +286,7 @@ impl Config {
             }
             (None, cert, key) if cert.is_some() || key.is_some() || self.tls.client_ca.is_some() => {
                 warnings.push(
-                    "tls_cert, tls_key and tls_client_ca are unused: no tls: listener \
+                    "tls_cert, tls_key and tls_client_ca are unused: no tls: or wss: listener \
                      (unless socket activation passes a socket named tls)"
                         .into(),
                 );

@@ -7,6 +7,7 @@ use std::{io, sync::Arc, time::Duration};
 use tracing::{debug, warn};
 
 use super::{
+    admission::Admission,
     listen::{Listener, Stream},
     reason::Rejection,
     session::{self, Connection, Shared, Transport},
@@ -22,11 +23,11 @@ const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
 pub async fn accept_loop(listener: Listener, shared: Arc<Shared>) {
     let shutdown = shared.coordinator.shutdown();
     let local = listener.describe();
-    let transport = if listener.is_tls() {
-        Transport::Tls
-    } else {
-        Transport::Plain
+    let transport = Transport {
+        tls: listener.is_tls(),
+        http: listener.is_http(),
     };
+    let name: Arc<str> = local.as_str().into();
     let mut backoff = ACCEPT_BACKOFF_MIN;
     loop {
         let accepted = tokio::select! {
@@ -62,23 +63,7 @@ pub async fn accept_loop(listener: Listener, shared: Arc<Shared>) {
             }
         };
         let mut admission = shared.gate.arrive();
-        // The per-IP limit is checked before the client takes a slot.
-        // Behind a PROXY-protocol balancer it is the header's client that
-        // counts once the header is read; until then the socket peer does,
-        // unless it is a trusted balancer, so silent connections from one
-        // address cannot hold every slot.
-        let claim = if shared.proxy == ProxyProtocol::Off {
-            ip
-        } else if !shared.may_send_header(ip) {
-            debug!(%peer, "refused: not in proxy_trusted");
-            admission.reject(Rejection::ProxyUntrusted);
-            continue;
-        } else if shared.is_trusted(ip) {
-            None
-        } else {
-            ip
-        };
-        if admission.claim_ip(claim, &peer).is_err() {
+        if !claim_ip_slot(&shared, &mut admission, ip, &peer) {
             continue;
         }
         // The connection limit: at most one accepted connection per listener
@@ -95,9 +80,35 @@ pub async fn accept_loop(listener: Listener, shared: Arc<Shared>) {
             peer,
             admission,
             shutdown: shared.coordinator.shutdown(),
+            listener: name.clone(),
         };
         spawn_session(stream, connection, transport, &shared);
     }
+}
+
+/// The per-IP limit, checked before the client takes a connection slot.
+/// Behind a PROXY-protocol balancer it is the header's client that counts
+/// once the header is read; until then the socket peer does, unless it is a
+/// trusted balancer, so silent connections from one address cannot hold
+/// every slot. False when the connection is refused (logged and counted).
+fn claim_ip_slot(
+    shared: &Shared,
+    admission: &mut Admission,
+    ip: Option<std::net::IpAddr>,
+    peer: &str,
+) -> bool {
+    let claim = if shared.proxy == ProxyProtocol::Off {
+        ip
+    } else if !shared.may_send_header(ip) {
+        debug!(%peer, "refused: not in proxy_trusted");
+        admission.reject(Rejection::ProxyUntrusted);
+        return false;
+    } else if shared.is_trusted(ip) {
+        None
+    } else {
+        ip
+    };
+    admission.claim_ip(claim, peer).is_ok()
 }
 
 /// Hands an admitted connection to its own session task.
@@ -120,7 +131,7 @@ fn spawn_session(
         }
         #[cfg(unix)]
         Stream::Unix(stream) => {
-            let session = session::serve(stream, connection, Transport::Plain, shared.clone());
+            let session = session::serve(stream, connection, Transport::PLAIN, shared.clone());
             shared.coordinator.spawn(session);
         }
     }

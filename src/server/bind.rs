@@ -44,7 +44,7 @@ impl Bound {
         let inherited = systemd::inherited()?;
         // TLS files are checked before any port is taken (exit 2).
         let wants_tls = if inherited.is_empty() {
-            config.listen.iter().any(|e| matches!(e, Endpoint::Tls(_)))
+            config.listen.iter().any(Endpoint::is_tls)
         } else {
             inherited.iter().any(|s| matches!(s, Inherited::Tls(_)))
         };
@@ -97,12 +97,17 @@ impl Bound {
     async fn bind_configured(&mut self, config: &Config) -> Result<(), ServerError> {
         for endpoint in &config.listen {
             match endpoint {
-                Endpoint::Tcp(listen) | Endpoint::Tls(listen) => {
+                Endpoint::Tcp(listen)
+                | Endpoint::Tls(listen)
+                | Endpoint::Ws(listen)
+                | Endpoint::Wss(listen) => {
                     for addr in resolved(listen).await? {
                         let listener = bind_listener(addr, config.reuse_port)
                             .map_err(|source| ServerError::Bind { addr, source })?;
                         self.listeners.push(match endpoint {
                             Endpoint::Tls(_) => Listener::Tls(listener),
+                            Endpoint::Ws(_) => Listener::Ws(listener),
+                            Endpoint::Wss(_) => Listener::Wss(listener),
                             _ => Listener::Tcp(listener),
                         });
                     }

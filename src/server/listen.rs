@@ -10,6 +10,10 @@ pub enum Listener {
     Tcp(TcpListener),
     /// TCP whose connections start with a TLS handshake.
     Tls(TcpListener),
+    /// HTTP/1.1 with WebSocket echo (`ws:`).
+    Ws(TcpListener),
+    /// The same over TLS (`wss:`).
+    Wss(TcpListener),
     #[cfg(unix)]
     Unix(UnixListener),
 }
@@ -33,6 +37,12 @@ impl Listener {
             Listener::Tls(listener) => listener
                 .local_addr()
                 .map_or_else(|_| "tls listener".into(), |addr| format!("tls:{addr}")),
+            Listener::Ws(listener) => listener
+                .local_addr()
+                .map_or_else(|_| "ws listener".into(), |addr| format!("ws:{addr}")),
+            Listener::Wss(listener) => listener
+                .local_addr()
+                .map_or_else(|_| "wss listener".into(), |addr| format!("wss:{addr}")),
             #[cfg(unix)]
             Listener::Unix(listener) => format!("unix:{}", listener.path.display()),
         }
@@ -40,13 +50,21 @@ impl Listener {
 
     /// Whether connections start with a TLS handshake.
     pub fn is_tls(&self) -> bool {
-        matches!(self, Listener::Tls(_))
+        matches!(self, Listener::Tls(_) | Listener::Wss(_))
+    }
+
+    /// Whether connections speak HTTP (and WebSocket) rather than echo.
+    pub fn is_http(&self) -> bool {
+        matches!(self, Listener::Ws(_) | Listener::Wss(_))
     }
 
     /// The TCP address (plain or TLS), with its real port.
     pub fn tcp_addr(&self) -> Option<SocketAddr> {
         match self {
-            Listener::Tcp(listener) | Listener::Tls(listener) => listener.local_addr().ok(),
+            Listener::Tcp(listener)
+            | Listener::Tls(listener)
+            | Listener::Ws(listener)
+            | Listener::Wss(listener) => listener.local_addr().ok(),
             #[cfg(unix)]
             Listener::Unix(_) => None,
         }
@@ -57,7 +75,10 @@ impl Listener {
     /// IP when it has one.
     pub async fn accept(&self) -> io::Result<(Stream, String, Option<std::net::IpAddr>)> {
         match self {
-            Listener::Tcp(listener) | Listener::Tls(listener) => {
+            Listener::Tcp(listener)
+            | Listener::Tls(listener)
+            | Listener::Ws(listener)
+            | Listener::Wss(listener) => {
                 let (stream, peer) = listener.accept().await?;
                 Ok((Stream::Tcp(stream), peer.to_string(), Some(peer.ip())))
             }

@@ -17,6 +17,7 @@ pub mod admin;
 pub mod admission;
 mod bind;
 pub mod echo;
+mod http;
 mod limits;
 pub mod listen;
 pub mod metrics;
@@ -29,6 +30,7 @@ pub mod signals;
 pub mod systemd;
 mod timer;
 pub mod udp;
+mod websocket;
 
 use std::{
     future::Future,

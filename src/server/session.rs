@@ -17,6 +17,7 @@ use tracing::{debug, info, Instrument};
 use super::{
     admission::{Admission, Gate},
     echo::{self, ConnectionSettings, ConnectionStats},
+    http,
     proxy::{self, HeaderError},
     reason::{CloseReason, Rejection},
     shutdown::{Coordinator, Shutdown},
@@ -99,11 +100,20 @@ impl Shared {
     }
 }
 
-/// Whether a connection's bytes are the echo's, or TLS records around it.
+/// What runs over a connection: TLS records or not, and the echo or HTTP
+/// (with WebSocket echo) inside.
 #[derive(Clone, Copy, PartialEq, Eq)]
-pub enum Transport {
-    Plain,
-    Tls,
+pub struct Transport {
+    pub tls: bool,
+    pub http: bool,
+}
+
+impl Transport {
+    /// Plain echo, as on TCP and Unix listeners.
+    pub const PLAIN: Transport = Transport {
+        tls: false,
+        http: false,
+    };
 }
 
 /// An admitted connection, before its session starts.
@@ -112,6 +122,8 @@ pub struct Connection {
     pub peer: String,
     pub admission: Admission,
     pub shutdown: Shutdown,
+    /// The listener as the logs name it (`ws:127.0.0.1:8080`).
+    pub listener: Arc<str>,
 }
 
 /// Runs one connection's whole session.
@@ -128,11 +140,14 @@ pub async fn serve<S: EchoStream + Send + 'static>(
     let live = shared.live();
     let (shared, live) = (&*shared, &*live);
     match (shared.proxy, transport) {
-        (ProxyProtocol::Off, Transport::Plain) => {
+        (ProxyProtocol::Off, Transport::PLAIN) => {
             echo_connection(stream, connection, None, shared, live).await
         }
-        (ProxyProtocol::Off, Transport::Tls) => {
-            Box::pin(secure(stream, connection, shared, live)).await
+        (ProxyProtocol::Off, Transport { tls: false, .. }) => {
+            Box::pin(http::serve(stream, connection, None, shared, live)).await
+        }
+        (ProxyProtocol::Off, Transport { tls: true, .. }) => {
+            Box::pin(secure(stream, connection, transport, shared, live)).await
         }
         (_, transport) => {
             Box::pin(read_proxy_header(
@@ -197,8 +212,9 @@ async fn read_proxy_header<S: EchoStream + Send + 'static>(
     }
     let stream = Rewind::new(pending, stream);
     match transport {
-        Transport::Plain => echo_connection(stream, connection, None, shared, live).await,
-        Transport::Tls => secure(stream, connection, shared, live).await,
+        Transport { tls: true, .. } => secure(stream, connection, transport, shared, live).await,
+        Transport { http: true, .. } => http::serve(stream, connection, None, shared, live).await,
+        Transport::PLAIN => echo_connection(stream, connection, None, shared, live).await,
     }
 }
 
@@ -207,6 +223,7 @@ async fn read_proxy_header<S: EchoStream + Send + 'static>(
 async fn secure<S: EchoStream + Send + 'static>(
     stream: S,
     connection: Connection,
+    transport: Transport,
     shared: &Shared,
     live: &Live,
 ) {
@@ -237,6 +254,10 @@ async fn secure<S: EchoStream + Send + 'static>(
                 client_cert = subject.as_deref().unwrap_or("-"),
                 "TLS handshake with {peer} done"
             );
+            if transport.http {
+                let tls = http::TlsInfo::of(session, subject);
+                return http::serve(stream, connection, Some(tls), shared, live).await;
+            }
             return echo_connection(stream, connection, subject, shared, live).await;
         }
         Err(failure) => failure,

@@ -1,6 +1,8 @@
 //! Test helpers: an in-process server on port 0, and the real binaries.
 #![allow(dead_code)] // each test crate uses its own subset
 
+pub mod pki;
+
 use std::{
     io::{BufRead, BufReader},
     net::SocketAddr,
@@ -256,6 +258,16 @@ impl ServerProcess {
                 ),
             }
         }
+    }
+
+    /// The TLS address from the `listening on tls:` line.
+    pub fn listening_tls(&mut self) -> SocketAddr {
+        let line = self.wait_for("listening on tls:");
+        line.split("listening on tls:")
+            .nth(1)
+            .and_then(|rest| rest.split(|c: char| c.is_whitespace() || c == '"').next())
+            .and_then(|addr| addr.parse().ok())
+            .unwrap_or_else(|| panic!("no address in {line}"))
     }
 
     /// The addresses from the `listening on` lines, once `count` are logged.

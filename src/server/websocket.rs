@@ -1,0 +1,238 @@
+//! WebSocket echo (RFC 6455) on tokio-tungstenite, over a connection hyper
+//! has upgraded. Every data message comes back as one message of the same
+//! type and payload (a fragmented one whole); ping gets pong; a close frame
+//! gets a close frame with the same code, then the server closes. Over
+//! `max_frame_length` is 1009, invalid UTF-8 in text 1007, a protocol
+//! violation 1002; at a graceful shutdown pending echoes go out, then 1001.
+//! No extension is negotiated.
+//!
+//! Echoes of messages already read are sent in one flush, as the TCP echo
+//! writes a whole batch of frames at once.
+
+use bytes::Bytes;
+use futures_util::{FutureExt, SinkExt, StreamExt};
+use http_body_util::Full;
+use hyper::{header, upgrade::Upgraded, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use tokio_tungstenite::{
+    tungstenite::{
+        self,
+        protocol::{frame::coding::CloseCode, CloseFrame, Role, WebSocketConfig},
+        Message,
+    },
+    WebSocketStream,
+};
+
+use super::{
+    echo::{ConnectionSettings, LINGER},
+    http::status,
+    reason::CloseReason,
+    session::{Connection, Shared},
+};
+use crate::codec::FrameError;
+
+/// Bytes read from the socket at a time. tungstenite allocates this per
+/// connection up front, so it is kept small (its default is 128 KiB).
+const READ_BUFFER: usize = 4 * 1024;
+
+type Socket = WebSocketStream<TokioIo<Upgraded>>;
+
+/// The handshake's answer when `request` asks for a WebSocket: 101 with
+/// the accept key, or 400/426 when the request is not a valid upgrade.
+/// `None` for any other request.
+pub fn accept<B>(request: &Request<B>) -> Option<Response<Full<Bytes>>> {
+    let headers = request.headers();
+    let has = |name: header::HeaderName, token: &str| {
+        headers.get_all(name).iter().any(|value| {
+            value
+                .to_str()
+                .is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+        })
+    };
+    if !has(header::UPGRADE, "websocket") {
+        return None;
+    }
+    let key = headers.get(header::SEC_WEBSOCKET_KEY);
+    if request.method() != hyper::Method::GET
+        || !has(header::CONNECTION, "upgrade")
+        || key.is_none()
+    {
+        return Some(status(
+            StatusCode::BAD_REQUEST,
+            "not a valid WebSocket upgrade\n",
+        ));
+    }
+    if headers
+        .get(header::SEC_WEBSOCKET_VERSION)
+        .map(|v| v.as_bytes())
+        != Some(b"13")
+    {
+        let mut response = status(StatusCode::UPGRADE_REQUIRED, "WebSocket version 13 only\n");
+        response.headers_mut().insert(
+            header::SEC_WEBSOCKET_VERSION,
+            header::HeaderValue::from_static("13"),
+        );
+        return Some(response);
+    }
+    let accept = tungstenite::handshake::derive_accept_key(key?.as_bytes());
+    let mut response = Response::new(Full::new(Bytes::new()));
+    *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let set = response.headers_mut();
+    set.insert(
+        header::UPGRADE,
+        header::HeaderValue::from_static("websocket"),
+    );
+    set.insert(
+        header::CONNECTION,
+        header::HeaderValue::from_static("Upgrade"),
+    );
+    set.insert(header::SEC_WEBSOCKET_ACCEPT, accept.parse().ok()?);
+    Some(response)
+}
+
+/// Echoes messages until the WebSocket ends; returns why.
+pub async fn echo(
+    upgraded: Upgraded,
+    connection: &Connection,
+    settings: &ConnectionSettings,
+    shared: &Shared,
+) -> CloseReason {
+    let max = settings.codec.max_frame_length();
+    let config = WebSocketConfig::default()
+        .max_message_size(Some(max))
+        .max_frame_size(Some(max))
+        .read_buffer_size(READ_BUFFER);
+    let mut ws =
+        WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config)).await;
+    let counters = shared.gate.metrics().map(|metrics| &metrics.echo);
+    let shutdown = &connection.shutdown;
+    let drained = shutdown.draining();
+    tokio::pin!(drained);
+    loop {
+        let idle = async {
+            match settings.idle_timeout {
+                Some(timeout) => tokio::time::sleep(timeout).await,
+                None => std::future::pending().await,
+            }
+        };
+        let mut item = tokio::select! {
+            biased;
+            _ = shutdown.cut() => return CloseReason::Cut,
+            item = ws.next() => item,
+            _ = &mut drained => return close(&mut ws, CloseCode::Away, CloseReason::Shutdown).await,
+            () = idle => return close(&mut ws, CloseCode::Away, CloseReason::IdleTimeout).await,
+        };
+        // Echo every message that is already readable, then flush once.
+        loop {
+            match item {
+                Some(Ok(message)) if message.is_text() || message.is_binary() => {
+                    if let Some(counters) = counters {
+                        let len = message.len() as u64;
+                        counters.bytes_received.inc_by(len);
+                        counters.bytes_echoed.inc_by(len);
+                        counters.frames_echoed.inc();
+                    }
+                    if let Err(error) = ws.feed(message).await {
+                        return from_error(&mut ws, error, max).await;
+                    }
+                }
+                other => {
+                    if let Err(error) = ws.flush().await {
+                        return from_error(&mut ws, error, max).await;
+                    }
+                    if let Some(end) = control(&mut ws, other, max).await {
+                        return end;
+                    }
+                }
+            }
+            match ws.next().now_or_never() {
+                Some(next) => item = next,
+                None => break,
+            }
+        }
+        if let Err(error) = ws.flush().await {
+            return from_error(&mut ws, error, max).await;
+        }
+    }
+}
+
+/// Everything but a data message: `Some` when the WebSocket has ended.
+async fn control(
+    ws: &mut Socket,
+    item: Option<Result<Message, tungstenite::Error>>,
+    max: usize,
+) -> Option<CloseReason> {
+    match item {
+        None => Some(CloseReason::ClientClosed),
+        // tungstenite has queued the reply: pong, or the close frame with
+        // the client's code, which the flush before this sent.
+        Some(Ok(Message::Close(_))) => {
+            linger(ws).await;
+            Some(CloseReason::ClientClosed)
+        }
+        Some(Ok(_)) => None,
+        Some(Err(error)) => Some(from_error(ws, error, max).await),
+    }
+}
+
+/// A read or write error: the close code it calls for, sent when the
+/// connection can still carry it.
+async fn from_error(ws: &mut Socket, error: tungstenite::Error, max: usize) -> CloseReason {
+    use tungstenite::Error;
+    let invalid = |what: String| {
+        CloseReason::Error(std::io::Error::new(std::io::ErrorKind::InvalidData, what))
+    };
+    match error {
+        Error::Capacity(problem) => {
+            let reason = CloseReason::FrameTooLong(FrameError::LengthTooLarge {
+                length: match problem {
+                    tungstenite::error::CapacityError::MessageTooLong { size, .. } => size,
+                    _ => max + 1,
+                },
+                limit: max,
+            });
+            close(ws, CloseCode::Size, reason).await
+        }
+        Error::Utf8(_) => {
+            close(
+                ws,
+                CloseCode::Invalid,
+                invalid("invalid UTF-8 in a text message".into()),
+            )
+            .await
+        }
+        Error::Protocol(problem) => {
+            close(
+                ws,
+                CloseCode::Protocol,
+                invalid(format!("WebSocket protocol violation: {problem}")),
+            )
+            .await
+        }
+        Error::ConnectionClosed | Error::AlreadyClosed => CloseReason::ClientClosed,
+        Error::Io(error) => CloseReason::Error(error),
+        other => CloseReason::Error(std::io::Error::other(other)),
+    }
+}
+
+/// Sends a close frame with `code`, then waits (at most [`LINGER`]) for the
+/// client's reply, so the close is not lost to a reset.
+async fn close(ws: &mut Socket, code: CloseCode, reason: CloseReason) -> CloseReason {
+    let frame = CloseFrame {
+        code,
+        reason: reason.label().into(),
+    };
+    if tokio::time::timeout(LINGER, ws.close(Some(frame)))
+        .await
+        .is_ok()
+    {
+        linger(ws).await;
+    }
+    reason
+}
+
+/// Reads (and drops) what the client still sends until it closes.
+async fn linger(ws: &mut Socket) {
+    let _ =
+        tokio::time::timeout(LINGER, async { while let Some(Ok(_)) = ws.next().await {} }).await;
+}

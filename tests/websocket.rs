@@ -1,0 +1,468 @@
+//! `ws:` and `wss:` listeners: WebSocket echo tested against Python's
+//! `websockets` (a client echod did not write), raw frames for the
+//! protocol violations, and HTTP request echo against `curl`.
+
+mod common;
+
+use std::{
+    net::SocketAddr,
+    process::{Command, Stdio},
+    time::Duration,
+};
+
+use common::{config, TestServer, PATIENCE};
+use echod::{config::Endpoint, Config};
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::TcpStream,
+};
+
+/// A Python with `websockets` (Debian's `python3-websockets` is for
+/// /usr/bin/python3; `.ci/run` installs it). Skips loudly elsewhere, never
+/// under CI.
+fn python() -> Option<&'static str> {
+    for candidate in ["/usr/bin/python3", "python3"] {
+        let found = Command::new(candidate)
+            .args(["-c", "import websockets"])
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|status| status.success());
+        if found {
+            return Some(candidate);
+        }
+    }
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "python3-websockets is not installed (.ci/run installs it)"
+    );
+    eprintln!(
+        "SKIPPING: no Python with the websockets module (apt-get install python3-websockets)"
+    );
+    None
+}
+
+fn curl() -> Option<&'static str> {
+    let found = Command::new("curl")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|status| status.success());
+    if found {
+        return Some("curl");
+    }
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "curl is not installed (.ci/run installs it)"
+    );
+    eprintln!("SKIPPING: curl is not installed");
+    None
+}
+
+/// Runs a Python asyncio client; `URI` is defined for it. Returns stdout.
+async fn run_python(python: &str, uri: String, body: &str) -> String {
+    let script = format!(
+        "import asyncio, ssl, sys, websockets\nURI = {uri:?}\n{body}\nasyncio.run(main())\n"
+    );
+    let python = python.to_owned();
+    let output = tokio::task::spawn_blocking(move || {
+        Command::new(python)
+            .args(["-c", &script])
+            .output()
+            .expect("run python")
+    });
+    let output = tokio::time::timeout(PATIENCE * 2, output)
+        .await
+        .expect("python finished in time")
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "python failed:\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).unwrap()
+}
+
+fn ws_config(max_frame_length: usize) -> Config {
+    Config {
+        listen: vec![Endpoint::Ws("127.0.0.1:0".parse().unwrap())],
+        max_frame_length,
+        ..config()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn text_binary_fragments_ping_and_close_codes_echo_exactly() {
+    let Some(python) = python() else { return };
+    let server = TestServer::start(ws_config(2 << 20)).await;
+    let script = r#"
+async def main():
+    async with websockets.connect(URI, max_size=None) as ws:
+        for message in ["hello", "", "héllo wörld", b"", b"\x00\xff" * 5, bytes(range(256)) * 4096]:
+            await ws.send(message)
+            echoed = await ws.recv()
+            assert echoed == message and type(echoed) is type(message), (message[:20], echoed[:20])
+        await ws.send(["frag", "mented ", "text"])
+        assert await ws.recv() == "fragmented text"
+        await ws.send([b"\x01", b"\x02\x03"])
+        assert await ws.recv() == b"\x01\x02\x03"
+        pong = await ws.ping(b"are you there")
+        await asyncio.wait_for(pong, 10)
+        await ws.close(code=4000, reason="bye")
+        print(ws.close_code)
+"#;
+    let out = run_python(python, format!("ws://{}/any/path", server.addr()), script).await;
+    assert_eq!(out.trim(), "4000", "the close code came back");
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_over_the_frame_limit_gets_1009() {
+    let Some(python) = python() else { return };
+    let server = TestServer::start(ws_config(1024)).await;
+    let script = r#"
+async def main():
+    async with websockets.connect(URI, max_size=None) as ws:
+        await ws.send("x" * 1024)
+        assert await ws.recv() == "x" * 1024
+        await ws.send("x" * 1025)
+        try:
+            await ws.recv()
+        except websockets.ConnectionClosed as closed:
+            print(closed.rcvd.code)
+"#;
+    let out = run_python(python, format!("ws://{}/", server.addr()), script).await;
+    assert_eq!(out.trim(), "1009");
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hundred_concurrent_clients_are_all_echoed() {
+    let Some(python) = python() else { return };
+    let server = TestServer::start(ws_config(65536)).await;
+    let script = r#"
+async def client(i):
+    async with websockets.connect(URI) as ws:
+        for j in range(10):
+            message = f"client {i} message {j}"
+            await ws.send(message)
+            assert await ws.recv() == message
+    return 1
+async def main():
+    done = await asyncio.gather(*(client(i) for i in range(200)))
+    print(sum(done))
+"#;
+    let out = run_python(python, format!("ws://{}/", server.addr()), script).await;
+    assert_eq!(out.trim(), "200");
+    server.shutdown().await;
+}
+
+/// Graceful shutdown: pending echoes, then close code 1001.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_closes_each_websocket_with_1001() {
+    let Some(python) = python() else { return };
+    let mut server = TestServer::start(ws_config(65536)).await;
+    let script = r#"
+async def main():
+    async with websockets.connect(URI) as ws:
+        await ws.send("before")
+        assert await ws.recv() == "before"
+        print("ready", flush=True)
+        try:
+            await asyncio.wait_for(ws.recv(), 20)
+        except websockets.ConnectionClosed as closed:
+            print(closed.rcvd.code, flush=True)
+"#;
+    let script = format!(
+        "import asyncio, websockets\nURI = {:?}\n{script}\nasyncio.run(main())\n",
+        format!("ws://{}/", server.addr())
+    );
+    let mut child = Command::new(python)
+        .args(["-c", &script])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let mut lines = tokio::task::spawn_blocking(move || {
+        use std::io::BufRead;
+        let mut lines = std::io::BufReader::new(stdout).lines();
+        let ready = lines.next().unwrap().unwrap();
+        (ready, lines)
+    })
+    .await
+    .unwrap();
+    assert_eq!(lines.0, "ready");
+    server.begin_shutdown();
+    let code = tokio::task::spawn_blocking(move || lines.1.next().unwrap().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(code, "1001");
+    assert!(child.wait().unwrap().success());
+    assert_eq!(server.finished().await.cut, 0);
+}
+
+/// The opening handshake by hand, then raw frames: what a hostile or
+/// broken client can send that a library client would refuse to.
+async fn raw_websocket(addr: SocketAddr, prefix: &[u8]) -> TcpStream {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream.write_all(prefix).await.unwrap();
+    stream
+        .write_all(
+            b"GET /raw HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+              Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+        )
+        .await
+        .unwrap();
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut byte = [0u8; 1];
+        stream.read_exact(&mut byte).await.unwrap();
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8(head).unwrap();
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    // RFC 6455's own example key and its accept value.
+    assert!(head.contains("s3pPLMBiTxaQ9kYGzzhZRbK+xOo="), "{head}");
+    stream
+}
+
+/// One client frame (masked with a zero key unless `masked` is false).
+fn frame(opcode: u8, payload: &[u8], masked: bool) -> Vec<u8> {
+    assert!(payload.len() < 126);
+    let mut frame = vec![
+        0x80 | opcode,
+        (payload.len() as u8) | if masked { 0x80 } else { 0 },
+    ];
+    if masked {
+        frame.extend_from_slice(&[0, 0, 0, 0]);
+    }
+    frame.extend_from_slice(payload);
+    frame
+}
+
+/// Reads server frames until a close frame; returns its code.
+async fn close_code(stream: &mut TcpStream) -> u16 {
+    loop {
+        let mut head = [0u8; 2];
+        tokio::time::timeout(PATIENCE, stream.read_exact(&mut head))
+            .await
+            .expect("a frame in time")
+            .unwrap();
+        let mut payload = vec![0u8; (head[1] & 0x7f) as usize];
+        stream.read_exact(&mut payload).await.unwrap();
+        if head[0] & 0x0f == 0x8 {
+            return u16::from_be_bytes([payload[0], payload[1]]);
+        }
+    }
+}
+
+#[tokio::test]
+async fn invalid_utf8_gets_1007_and_protocol_violations_get_1002() {
+    let server = TestServer::start(ws_config(65536)).await;
+    let mut stream = raw_websocket(server.addr(), b"").await;
+    stream
+        .write_all(&frame(0x1, b"ok \xff\xfe", true))
+        .await
+        .unwrap();
+    assert_eq!(close_code(&mut stream).await, 1007);
+    // A client frame must be masked (RFC 6455 5.1).
+    let mut stream = raw_websocket(server.addr(), b"").await;
+    stream
+        .write_all(&frame(0x2, b"unmasked", false))
+        .await
+        .unwrap();
+    assert_eq!(close_code(&mut stream).await, 1002);
+    // A reserved opcode.
+    let mut stream = raw_websocket(server.addr(), b"").await;
+    stream.write_all(&frame(0x3, b"", true)).await.unwrap();
+    assert_eq!(close_code(&mut stream).await, 1002);
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_proxy_v2_header_before_the_upgrade_is_read_and_the_echo_served() {
+    let server = TestServer::start(Config {
+        proxy_protocol: echod::config::ProxyProtocol::V2,
+        ..ws_config(65536)
+    })
+    .await;
+    let header = echod::server::proxy::v2_header(
+        "198.51.100.7:4242".parse().unwrap(),
+        "127.0.0.1:80".parse().unwrap(),
+    );
+    let mut stream = raw_websocket(server.addr(), &header).await;
+    stream
+        .write_all(&frame(0x1, b"through the balancer", true))
+        .await
+        .unwrap();
+    let mut echoed = vec![0u8; 2 + 20];
+    stream.read_exact(&mut echoed).await.unwrap();
+    assert_eq!(&echoed[..2], &[0x81, 20]);
+    assert_eq!(&echoed[2..], b"through the balancer");
+    server.shutdown().await;
+}
+
+fn run_curl(curl: &str, args: &[&str]) -> (String, String) {
+    let output = Command::new(curl)
+        .args(["-sS", "--max-time", "20"])
+        .args(args)
+        .output()
+        .expect("run curl");
+    assert!(
+        output.status.success(),
+        "curl {args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    (
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_requests_are_echoed_as_json_by_curl() {
+    let Some(curl) = curl() else { return };
+    let server = TestServer::start(ws_config(1024)).await;
+    let base = format!("http://{}", server.addr());
+    let (curl, base) = (curl.to_owned(), base.clone());
+    let url = format!("{base}/some/path?x=1&y=two");
+    tokio::task::spawn_blocking(move || {
+        let (out, _) = run_curl(&curl, &["-H", "X-Test: one", "-H", "X-Test: two", &url]);
+        let json: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(json["method"], "GET");
+        assert_eq!(json["path"], "/some/path");
+        assert_eq!(json["query"], "x=1&y=two");
+        assert_eq!(json["headers"]["x-test"], "one, two");
+        assert_eq!(json["body_bytes"], 0);
+        assert!(json["client"].as_str().unwrap().starts_with("127.0.0.1:"));
+        assert!(json["listener"]
+            .as_str()
+            .unwrap()
+            .starts_with("ws:127.0.0.1:"));
+        assert!(json["tls"].is_null());
+
+        let (out, _) = run_curl(&curl, &["--data-binary", "héllo", &format!("{base}/post")]);
+        let json: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(json["method"], "POST");
+        assert_eq!(json["body"], "héllo");
+        assert_eq!(json["body_bytes"], 6);
+
+        let binary = std::env::temp_dir().join(format!("echod-binary-{}", std::process::id()));
+        std::fs::write(&binary, [0xffu8, 0x00, 0xfe]).unwrap();
+        let at = format!("@{}", binary.display());
+        let (out, _) = run_curl(&curl, &["--data-binary", &at, &format!("{base}/bin")]);
+        let json: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(json["body_base64"], "/wD+");
+        assert!(json.get("body").is_none());
+        std::fs::remove_file(&binary).unwrap();
+
+        let big = "x".repeat(1025);
+        let (out, _) = run_curl(
+            &curl,
+            &[
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                "--data-binary",
+                &big,
+                &format!("{base}/big"),
+            ],
+        );
+        assert_eq!(out, "413");
+
+        let (out, err) = run_curl(&curl, &["-v", &format!("{base}/a"), &format!("{base}/b")]);
+        assert_eq!(out.matches("\"method\":\"GET\"").count(), 2, "{out}");
+        assert!(
+            err.contains("Re-using existing connection") || err.contains("Reusing existing"),
+            "no keep-alive:\n{err}"
+        );
+
+        let (out, _) = run_curl(&curl, &["--http1.0", &format!("{base}/old")]);
+        let json: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(json["path"], "/old");
+    })
+    .await
+    .unwrap();
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_frame_limit_and_idle_timeout_apply_to_websockets() {
+    let Some(python) = python() else { return };
+    let server = TestServer::start(Config {
+        idle_timeout: Some(Duration::from_millis(300)),
+        ..ws_config(65536)
+    })
+    .await;
+    let script = r#"
+async def main():
+    async with websockets.connect(URI) as ws:
+        try:
+            await asyncio.wait_for(ws.recv(), 10)
+        except websockets.ConnectionClosed as closed:
+            print(closed.rcvd.code)
+"#;
+    let out = run_python(python, format!("ws://{}/", server.addr()), script).await;
+    assert_eq!(
+        out.trim(),
+        "1001",
+        "an idle WebSocket is closed as going away"
+    );
+    server.shutdown().await;
+}
+
+/// `wss:` with a generated certificate: WebSocket echo through Python's
+/// TLS, and the HTTP echo's `tls` object through curl's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wss_serves_websockets_and_describes_the_tls_session() {
+    let pki = common::pki::Pki::new();
+    let server = TestServer::start(Config {
+        listen: vec![Endpoint::Wss("127.0.0.1:0".parse().unwrap())],
+        ..pki.server_config()
+    })
+    .await;
+    let port = server.addr().port();
+    let ca = pki.arg("ca.pem");
+    if let Some(python) = python() {
+        let script = format!(
+            r#"
+async def main():
+    context = ssl.create_default_context(cafile={ca:?})
+    async with websockets.connect(URI, ssl=context) as ws:
+        await ws.send("secret")
+        print(await ws.recv())
+"#
+        );
+        let out = run_python(python, format!("wss://localhost:{port}/"), &script).await;
+        assert_eq!(out.trim(), "secret");
+    }
+    if let Some(curl) = curl() {
+        let (curl, url) = (curl.to_owned(), format!("https://localhost:{port}/tls"));
+        let out = tokio::task::spawn_blocking(move || {
+            run_curl(
+                &curl,
+                &[
+                    "--cacert",
+                    &ca,
+                    "--resolve",
+                    &format!("localhost:{port}:127.0.0.1"),
+                    &url,
+                ],
+            )
+            .0
+        })
+        .await
+        .unwrap();
+        let json: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert!(json["listener"].as_str().unwrap().starts_with("wss:"));
+        assert!(
+            json["tls"]["version"]
+                .as_str()
+                .unwrap()
+                .starts_with("TLSv1."),
+            "{json}"
+        );
+        assert_eq!(json["tls"]["sni"], "localhost");
+    }
+    server.shutdown().await;
+}
