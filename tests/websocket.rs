@@ -466,3 +466,68 @@ async def main():
     }
     server.shutdown().await;
 }
+
+const CLIENT: &str = env!("CARGO_BIN_EXE_echo-client");
+
+/// `echo-client ws://…`: each line (without its ending) is one text
+/// message, each echo is printed with `\n`; end of input closes with 1000
+/// and waits for every echo. `--binary` sends binary messages.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_client_speaks_websocket_text_and_binary() {
+    let server = TestServer::start(ws_config(65536)).await;
+    let url = format!("ws://{}/some/path", server.addr());
+    let (code, stdout, stderr) = tokio::task::spawn_blocking({
+        let url = url.clone();
+        move || common::run_binary(CLIENT, &[&url], &[], b"one\ntwo\r\nthree")
+    })
+    .await
+    .unwrap();
+    assert_eq!(code, Some(0), "{stderr}");
+    assert_eq!(stdout, b"one\ntwo\nthree\n");
+    let (code, stdout, stderr) = tokio::task::spawn_blocking(move || {
+        common::run_binary(CLIENT, &[&url, "--binary"], &[], b"\xff\x00bytes\n")
+    })
+    .await
+    .unwrap();
+    assert_eq!(code, Some(0), "{stderr}");
+    assert_eq!(stdout, b"\xff\x00bytes\n");
+    server.shutdown().await;
+}
+
+/// `echo-client bench ws://…`: binary messages, every echo verified.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_bench_drives_websockets_and_verifies_every_echo() {
+    let server = TestServer::start(ws_config(65536)).await;
+    let url = format!("ws://{}/", server.addr());
+    let (code, stdout, stderr) = tokio::task::spawn_blocking(move || {
+        common::run_binary(
+            CLIENT,
+            &[
+                "bench",
+                &url,
+                "--connections",
+                "8",
+                "--size",
+                "512",
+                "--pipeline",
+                "4",
+                "--duration",
+                "0.5",
+                "--warmup",
+                "0",
+                "--json",
+            ],
+            &[],
+            b"",
+        )
+    })
+    .await
+    .unwrap();
+    assert_eq!(code, Some(0), "{stderr}");
+    let report: serde_json::Value = serde_json::from_slice(&stdout).unwrap();
+    assert_eq!(report["framing"], "websocket");
+    assert!(report["messages"].as_u64().unwrap() > 100, "{report}");
+    assert_eq!(report["mismatches"], 0);
+    assert_eq!(report["errors"], 0);
+    server.shutdown().await;
+}

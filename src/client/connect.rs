@@ -14,27 +14,66 @@ use crate::{
 };
 
 /// Where to connect, and how: the endpoint, its TLS settings when it is a
-/// `tls:` address, and whether a `HOST:PORT` means UDP.
+/// `tls:` or `wss:` address, whether a `HOST:PORT` means UDP, and the
+/// path of a WebSocket URL.
 #[derive(Clone, Debug)]
 pub struct Target {
     pub endpoint: Endpoint,
     pub tls: Option<TlsTarget>,
     pub udp: bool,
+    /// For `ws://HOST:PORT/PATH`: the path (`/` when none).
+    pub path: String,
+}
+
+/// An address as the client takes it: `HOST:PORT`, `unix:PATH`,
+/// `tls:HOST:PORT`, or a WebSocket URL `ws://HOST:PORT/PATH` /
+/// `wss://HOST:PORT/PATH` (the port defaults to 80 and 443). Returns the
+/// endpoint and the URL's path.
+pub fn parse_address(text: &str) -> Result<(Endpoint, String), String> {
+    let url = [("ws://", false), ("wss://", true)]
+        .into_iter()
+        .find_map(|(scheme, tls)| Some((text.strip_prefix(scheme)?, tls)));
+    let Some((rest, tls)) = url else {
+        return Ok((text.parse()?, "/".to_owned()));
+    };
+    let (authority, path) = match rest.find('/') {
+        Some(slash) => (&rest[..slash], rest[slash..].to_owned()),
+        None => (rest, "/".to_owned()),
+    };
+    let has_port = authority.rsplit_once(':').is_some_and(|(host, port)| {
+        !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) && !host.ends_with(':')
+    }) && (!authority.starts_with('[') || authority.contains("]:"));
+    let authority = if has_port {
+        authority.to_owned()
+    } else {
+        format!("{authority}:{}", if tls { 443 } else { 80 })
+    };
+    let addr: ListenAddr = authority.parse()?;
+    Ok((
+        if tls {
+            Endpoint::Wss(addr)
+        } else {
+            Endpoint::Ws(addr)
+        },
+        path,
+    ))
 }
 
 impl Target {
     /// Checks the combination of address and flags (exit 2 when wrong).
-    pub fn new(endpoint: Endpoint, tls: &ClientTlsArgs, udp: bool) -> Result<Target, ClientError> {
+    pub fn new(address: &str, tls: &ClientTlsArgs, udp: bool) -> Result<Target, ClientError> {
+        let (endpoint, path) = parse_address(address)
+            .map_err(|problem| ClientError::Usage(format!("ADDR: {problem}")))?;
         if udp && !matches!(endpoint, Endpoint::Tcp(_)) {
             return Err(ClientError::Usage("--udp needs a HOST:PORT address".into()));
         }
-        if matches!(endpoint, Endpoint::Ws(_) | Endpoint::Wss(_)) {
-            return Err(ClientError::Usage(format!(
-                "{endpoint}: the client does not speak WebSocket yet; use a WebSocket client such as websocat"
-            )));
-        }
         let tls = tls_setup(&endpoint, tls)?;
-        Ok(Target { endpoint, tls, udp })
+        Ok(Target {
+            endpoint,
+            tls,
+            udp,
+            path,
+        })
     }
 
     /// Opens one connection (or UDP socket) within `timeout`, TLS
@@ -62,7 +101,19 @@ impl Target {
             Endpoint::Unix(_) => Err(ClientError::Usage(
                 "Unix sockets are not supported here".into(),
             )),
-            Endpoint::Ws(_) | Endpoint::Wss(_) => unreachable!("refused by Target::new"),
+            Endpoint::Ws(addr) => {
+                let stream = connect(addr, timeout).await?;
+                let ws = super::websocket::handshake(self, stream, timeout).await?;
+                Ok(Conn::WebSocket(super::websocket::WsConn::Plain(Box::new(
+                    ws,
+                ))))
+            }
+            Endpoint::Wss(addr) => {
+                let tls = self.tls.clone().expect("set up for wss:");
+                let stream = connect_tls(addr, tls, timeout).await?;
+                let ws = super::websocket::handshake(self, stream, timeout).await?;
+                Ok(Conn::WebSocket(super::websocket::WsConn::Tls(Box::new(ws))))
+            }
             Endpoint::Tls(addr) => {
                 let tls = self.tls.clone().expect("set up for tls:");
                 Ok(Conn::Tls(Box::new(connect_tls(addr, tls, timeout).await?)))
@@ -78,19 +129,21 @@ pub enum Conn {
     #[cfg(unix)]
     Unix(tokio::net::UnixStream),
     Udp(UdpSocket),
+    /// A WebSocket, handshake done.
+    WebSocket(super::websocket::WsConn),
 }
 
-/// TLS settings for a `tls:` address (and a loud warning for
+/// TLS settings for a `tls:` or `wss:` address (and a loud warning for
 /// `--tls-insecure`); TLS flags with another address are a usage error.
 fn tls_setup(endpoint: &Endpoint, args: &ClientTlsArgs) -> Result<Option<TlsTarget>, ClientError> {
-    let Endpoint::Tls(addr) = endpoint else {
+    let (Endpoint::Tls(addr) | Endpoint::Wss(addr)) = endpoint else {
         let given = args.tls_ca.is_some()
             || args.tls_cert.is_some()
             || args.tls_server_name.is_some()
             || args.tls_insecure;
         return if given {
             Err(ClientError::Usage(
-                "--tls-* options need a tls:HOST:PORT address".into(),
+                "--tls-* options need a tls:HOST:PORT or wss:// address".into(),
             ))
         } else {
             Ok(None)

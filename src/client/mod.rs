@@ -10,6 +10,7 @@ pub mod chaos;
 pub mod connect;
 pub mod interactive;
 mod rng;
+pub mod websocket;
 
 use std::time::Duration;
 
@@ -33,7 +34,8 @@ use crate::{
 pub struct ClientArgs {
     #[command(subcommand)]
     pub command: Option<ClientCommand>,
-    /// Server address: HOST:PORT, [IPv6]:PORT, unix:PATH or tls:HOST:PORT.
+    /// Server address: HOST:PORT, [IPv6]:PORT, unix:PATH, tls:HOST:PORT, or
+    /// a WebSocket URL ws://HOST:PORT/PATH or wss://HOST:PORT/PATH.
     #[arg(default_value = DEFAULT_LISTEN, value_name = "ADDR")]
     pub addr: String,
     #[command(flatten)]
@@ -45,6 +47,9 @@ pub struct ClientArgs {
     /// Framing the server uses: each stdin line is one frame.
     #[arg(long, default_value = "lines", value_parser = PossibleValuesParser::new(["lines", "length"]))]
     pub framing: String,
+    /// WebSocket: send each line as a binary message instead of text.
+    #[arg(long)]
+    pub binary: bool,
     /// Seconds to wait for the connection, and for the last echoes after
     /// end of input (with --udp: for each reply).
     #[arg(long, default_value = "10", value_name = "SECS")]
@@ -102,13 +107,14 @@ pub fn run(args: ClientArgs) -> Result<(), ClientError> {
     if let Some(ClientCommand::Bench(bench)) = args.command {
         return bench::run(bench);
     }
-    let endpoint: Endpoint = args
-        .addr
-        .parse()
-        .map_err(|problem| ClientError::Usage(format!("ADDR: {problem}")))?;
     let framing: Framing = args.framing.parse().map_err(ClientError::Usage)?;
     let timeout = parse_seconds("--timeout", &args.timeout)?;
-    let target = Target::new(endpoint, &args.tls, args.udp)?;
+    let target = Target::new(&args.addr, &args.tls, args.udp)?;
+    if args.binary && !matches!(target.endpoint, Endpoint::Ws(_) | Endpoint::Wss(_)) {
+        return Err(ClientError::Usage(
+            "--binary needs a ws:// or wss:// address".into(),
+        ));
+    }
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -134,6 +140,9 @@ pub fn run(args: ClientArgs) -> Result<(), ClientError> {
             Conn::Tls(stream) => {
                 let (from_server, to_server) = tokio::io::split(*stream);
                 interactive::exchange(from_server, to_server, input, output, codec, timeout).await
+            }
+            Conn::WebSocket(ws) => {
+                websocket::exchange(ws, input, output, args.binary, timeout).await
             }
         }
     });

@@ -147,7 +147,9 @@ async fn reconnect_loop(
                 Conn::Tls(stream) => exchange!(stream),
                 #[cfg(unix)]
                 Conn::Unix(stream) => exchange!(stream),
-                Conn::Udp(_) => unreachable!("--reconnect is refused with --udp"),
+                Conn::Udp(_) | Conn::WebSocket(_) => {
+                    unreachable!("--reconnect is refused with --udp and WebSocket addresses")
+                }
             }
         }
         .await;
@@ -420,6 +422,13 @@ pub fn spawn_all(
                 Conn::Udp(socket) => tokio::task::spawn_local(
                     super::udp::UdpDriver::new(socket, plan, pattern, tally, index).run(),
                 ),
+                Conn::WebSocket(ws) => tokio::task::spawn_local(super::ws::run(
+                    ws,
+                    plan.clone(),
+                    pattern,
+                    tally,
+                    index,
+                )),
             }
         })
         .collect();

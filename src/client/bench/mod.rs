@@ -15,6 +15,7 @@
 mod driver;
 pub mod report;
 mod udp;
+mod ws;
 
 use std::{
     io::{self, IsTerminal, Write},
@@ -125,10 +126,8 @@ pub struct Plan {
 impl Plan {
     pub fn from_args(args: &BenchArgs) -> Result<Plan, ClientError> {
         let usage = |message: String| ClientError::Usage(message);
-        let endpoint: Endpoint = args
-            .addr
-            .parse()
-            .map_err(|problem| usage(format!("ADDR: {problem}")))?;
+        let mut target = Target::new(&args.addr, &args.tls, args.udp)?;
+        let endpoint = &target.endpoint;
         if args.chaos && (args.udp || !matches!(endpoint, Endpoint::Tcp(_))) {
             return Err(usage("--chaos needs a TCP HOST:PORT address".into()));
         }
@@ -137,12 +136,12 @@ impl Plan {
                 "--size: must be from {UDP_HEADER} to {MAX_UDP_PAYLOAD} with --udp"
             )));
         }
-        if args.reconnect && (args.udp || args.chaos) {
+        let websocket = matches!(endpoint, Endpoint::Ws(_) | Endpoint::Wss(_));
+        if args.reconnect && (args.udp || args.chaos || websocket) {
             return Err(usage(
-                "--reconnect does not go with --udp or --chaos".into(),
+                "--reconnect does not go with --udp, --chaos or ws://".into(),
             ));
         }
-        let mut target = Target::new(endpoint, &args.tls, args.udp)?;
         if let (Some(tls), false) = (&mut target.tls, args.tls_resume) {
             let mut config = (*tls.config).clone();
             config.resumption = rustls::client::Resumption::disabled();

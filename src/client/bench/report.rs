@@ -177,10 +177,10 @@ impl Report {
             connections: plan.connections,
             size: plan.size,
             pipeline: plan.pipeline,
-            framing: if plan.target.udp {
-                "udp".into()
-            } else {
-                plan.framing.to_string()
+            framing: match plan.target.endpoint {
+                _ if plan.target.udp => "udp".into(),
+                crate::addr::Endpoint::Ws(_) | crate::addr::Endpoint::Wss(_) => "websocket".into(),
+                _ => plan.framing.to_string(),
             },
             duration_s: elapsed,
             messages,
