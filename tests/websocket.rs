@@ -531,3 +531,79 @@ async fn the_bench_drives_websockets_and_verifies_every_echo() {
     assert_eq!(report["errors"], 0);
     server.shutdown().await;
 }
+
+/// GET /metrics on the admin endpoint (the whole body).
+async fn scrape(admin: SocketAddr) -> String {
+    let mut stream = TcpStream::connect(admin).await.unwrap();
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    response
+}
+
+/// Metrics for the new surface: connections and messages by listener
+/// kind, WebSocket close codes, HTTP responses by status.
+#[tokio::test]
+async fn metrics_count_websocket_messages_close_codes_and_http_statuses() {
+    let server = TestServer::start(Config {
+        admin: Some("127.0.0.1:0".parse().unwrap()),
+        ..ws_config(64)
+    })
+    .await;
+    let mut stream = raw_websocket(server.addr(), b"").await;
+    for _ in 0..3 {
+        stream
+            .write_all(&frame(0x1, b"count me", true))
+            .await
+            .unwrap();
+        let mut echoed = [0u8; 10];
+        stream.read_exact(&mut echoed).await.unwrap();
+        assert_eq!(&echoed[2..], b"count me");
+    }
+    stream
+        .write_all(&frame(0x8, &1000u16.to_be_bytes(), true))
+        .await
+        .unwrap();
+    assert_eq!(close_code(&mut stream).await, 1000);
+    let mut http = TcpStream::connect(server.addr()).await.unwrap();
+    http.write_all(b"GET /x HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut response = String::new();
+    http.read_to_string(&mut response).await.unwrap();
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    let mut big = TcpStream::connect(server.addr()).await.unwrap();
+    let body = "x".repeat(100);
+    let request = format!(
+        "POST /x HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: 100\r\n\r\n{body}"
+    );
+    big.write_all(request.as_bytes()).await.unwrap();
+    let mut response = String::new();
+    big.read_to_string(&mut response).await.unwrap();
+    assert!(response.starts_with("HTTP/1.1 413"), "{response}");
+    let expected = [
+        "echod_listener_connections_total{listener=\"ws\"} 3",
+        "echod_listener_messages_total{listener=\"ws\"} 3",
+        "echod_websocket_closes_total{code=\"1000\"} 1",
+        "echod_http_responses_total{status=\"101\"} 1",
+        "echod_http_responses_total{status=\"200\"} 1",
+        "echod_http_responses_total{status=\"413\"} 1",
+    ];
+    let admin = server.metrics_addr.unwrap();
+    let deadline = std::time::Instant::now() + PATIENCE;
+    loop {
+        let body = scrape(admin).await;
+        if expected.iter().all(|line| body.contains(line)) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "metrics never showed {expected:#?}:\n{body}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    server.shutdown().await;
+}

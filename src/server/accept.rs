@@ -28,6 +28,7 @@ pub async fn accept_loop(listener: Listener, shared: Arc<Shared>) {
         http: listener.is_http(),
     };
     let name: Arc<str> = local.as_str().into();
+    let kind = listener.kind();
     let mut backoff = ACCEPT_BACKOFF_MIN;
     loop {
         let accepted = tokio::select! {
@@ -62,7 +63,7 @@ pub async fn accept_loop(listener: Listener, shared: Arc<Shared>) {
                 continue;
             }
         };
-        let mut admission = shared.gate.arrive();
+        let mut admission = shared.gate.arrive(kind);
         if !claim_ip_slot(&shared, &mut admission, ip, &peer) {
             continue;
         }
@@ -81,6 +82,7 @@ pub async fn accept_loop(listener: Listener, shared: Arc<Shared>) {
             admission,
             shutdown: shared.coordinator.shutdown(),
             listener: name.clone(),
+            kind,
         };
         spawn_session(stream, connection, transport, &shared);
     }

@@ -19,7 +19,7 @@ use std::{
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tracing::{debug, info};
 
-use super::{metrics::Metrics, reason::Rejection};
+use super::{listen::ListenerKind, metrics::Metrics, reason::Rejection};
 
 /// The limits every connection passes: `max_connections` and
 /// `max_connections_per_ip`.
@@ -55,6 +55,11 @@ impl Gate {
         self.metrics.as_deref()
     }
 
+    /// The metrics, to keep past a borrow (an HTTP connection's requests).
+    pub fn metrics_handle(&self) -> Option<Arc<Metrics>> {
+        self.metrics.clone()
+    }
+
     /// Applies a reloaded `max_connections_per_ip` to new connections.
     pub fn set_max_per_ip(&self, max: usize) {
         self.max_per_ip.store(max, Ordering::Relaxed);
@@ -62,9 +67,9 @@ impl Gate {
 
     /// A connection was accepted: it counts as open from now until its
     /// guard drops.
-    pub fn arrive(self: &Arc<Self>) -> Admission {
+    pub fn arrive(self: &Arc<Self>, kind: ListenerKind) -> Admission {
         if let Some(metrics) = &self.metrics {
-            metrics.accepted();
+            metrics.accepted(kind);
         }
         Admission {
             gate: self.clone(),
@@ -191,7 +196,7 @@ mod tests {
         let metrics = Arc::new(Metrics::new(false));
         let gate = Arc::new(Gate::new(1, 1, Some(metrics.clone())));
         let ip: IpAddr = "192.0.2.1".parse().unwrap();
-        let mut admission = gate.arrive();
+        let mut admission = gate.arrive(ListenerKind::Tcp);
         admission.claim_ip(Some(ip), "192.0.2.1:1").unwrap();
         admission.permit().await.unwrap();
         assert!(metrics.render().contains("echod_connections_open 1"));
@@ -204,7 +209,7 @@ mod tests {
         assert!(lock(&gate.per_ip).is_empty(), "the per-IP slot leaked");
         assert_eq!(gate.permits.available_permits(), 1, "the permit leaked");
         // And the next connection from that IP is admitted.
-        let mut next = gate.arrive();
+        let mut next = gate.arrive(ListenerKind::Tcp);
         assert!(next.claim_ip(Some(ip), "192.0.2.1:2").is_ok());
     }
 }

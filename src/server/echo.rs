@@ -175,7 +175,7 @@ impl<S: EchoStream> Echo<'_, S> {
         let batch = self.framer.feed(&self.buf);
         self.write_out(batch.len).await?;
         if let Some(counters) = self.counters {
-            counters.frames_echoed.inc_by(batch.frames);
+            counters.echoed(batch.frames);
         }
         // The frame timeout runs from the first byte of the oldest
         // unfinished frame: a new one started if any frame completed.
@@ -246,7 +246,7 @@ impl<S: EchoStream> Echo<'_, S> {
         self.write_out(remainder.echo).await?;
         if let (Some(counters), true) = (self.counters, remainder.echo > 0) {
             if self.framer.codec().framing() != Framing::Raw {
-                counters.frames_echoed.inc();
+                counters.echoed(1);
             }
         }
         self.stats.bytes_truncated += remainder.truncated as u64;

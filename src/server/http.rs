@@ -66,6 +66,7 @@ struct Context {
     listener: Arc<str>,
     tls: Option<TlsInfo>,
     max_body: usize,
+    metrics: Option<Arc<super::metrics::Metrics>>,
     /// The upgrade of the request that asked for a WebSocket, for the
     /// connection's task to take once hyper hands the stream back.
     upgrade: Mutex<Option<OnUpgrade>>,
@@ -87,6 +88,7 @@ pub async fn serve<S: EchoStream + Send + 'static>(
         listener: connection.listener.clone(),
         tls,
         max_body: live.settings.codec.max_frame_length(),
+        metrics: shared.gate.metrics_handle(),
         upgrade: Mutex::new(None),
     });
     let service = {
@@ -146,9 +148,17 @@ fn http_error(error: hyper::Error) -> CloseReason {
 }
 
 async fn respond(
-    mut request: Request<Incoming>,
+    request: Request<Incoming>,
     context: Arc<Context>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
+    let response = answer(request, &context).await;
+    if let Some(metrics) = &context.metrics {
+        metrics.http_response(response.status().as_u16());
+    }
+    Ok(response)
+}
+
+async fn answer(mut request: Request<Incoming>, context: &Context) -> Response<Full<Bytes>> {
     debug!(method = %request.method(), path = request.uri().path(), "http request");
     if let Some(response) = websocket::accept(&request) {
         if response.status() == StatusCode::SWITCHING_PROTOCOLS {
@@ -158,25 +168,25 @@ async fn respond(
                 .unwrap_or_else(|poisoned| poisoned.into_inner()) =
                 Some(hyper::upgrade::on(&mut request));
         }
-        return Ok(response);
+        return response;
     }
     let (parts, body) = request.into_parts();
     let body = match Limited::new(body, context.max_body).collect().await {
         Ok(body) => body.to_bytes(),
         Err(_) => {
-            return Ok(status(
+            return status(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "body over max_frame_length\n",
-            ));
+            );
         }
     };
-    let described = describe(&parts, &body, &context);
+    let described = describe(&parts, &body, context);
     let mut response = Response::new(Full::new(Bytes::from(described.to_string())));
     response.headers_mut().insert(
         header::CONTENT_TYPE,
         header::HeaderValue::from_static("application/json"),
     );
-    Ok(response)
+    response
 }
 
 /// The contract's JSON description of a request.

@@ -18,6 +18,36 @@ pub enum Listener {
     Unix(UnixListener),
 }
 
+/// What kind of listener a connection came through, for metrics.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ListenerKind {
+    Tcp,
+    Tls,
+    Unix,
+    Ws,
+    Wss,
+}
+
+impl ListenerKind {
+    pub const ALL: [ListenerKind; 5] = [
+        ListenerKind::Tcp,
+        ListenerKind::Tls,
+        ListenerKind::Unix,
+        ListenerKind::Ws,
+        ListenerKind::Wss,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            ListenerKind::Tcp => "tcp",
+            ListenerKind::Tls => "tls",
+            ListenerKind::Unix => "unix",
+            ListenerKind::Ws => "ws",
+            ListenerKind::Wss => "wss",
+        }
+    }
+}
+
 /// An accepted connection.
 pub enum Stream {
     /// Plain TCP, or on a TLS listener the TCP connection under the
@@ -45,6 +75,17 @@ impl Listener {
                 .map_or_else(|_| "wss listener".into(), |addr| format!("wss:{addr}")),
             #[cfg(unix)]
             Listener::Unix(listener) => format!("unix:{}", listener.path.display()),
+        }
+    }
+
+    pub fn kind(&self) -> ListenerKind {
+        match self {
+            Listener::Tcp(_) => ListenerKind::Tcp,
+            Listener::Tls(_) => ListenerKind::Tls,
+            Listener::Ws(_) => ListenerKind::Ws,
+            Listener::Wss(_) => ListenerKind::Wss,
+            #[cfg(unix)]
+            Listener::Unix(_) => ListenerKind::Unix,
         }
     }
 

@@ -17,7 +17,10 @@ use prometheus_client::{
 };
 
 pub use super::reason::Rejection;
-use super::reason::{CloseReason, DropReason};
+use super::{
+    listen::ListenerKind,
+    reason::{CloseReason, DropReason},
+};
 
 type Labels = [(&'static str, &'static str); 1];
 
@@ -48,12 +51,19 @@ struct Families {
     rejected: Family<Labels, Counter>,
     closed: Family<Labels, Counter>,
     udp_dropped: Family<Labels, Counter>,
+    by_listener: Family<Labels, Counter>,
+    messages: Family<Labels, Counter>,
+    websocket_closes: Family<OwnedLabels, Counter>,
+    http_responses: Family<OwnedLabels, Counter>,
 }
 
-/// One `reason` series of a family, created once at start-up, so it shows
-/// as 0 from the first scrape and counting it later is a plain atomic add.
-fn series(family: &Family<Labels, Counter>, reason: &'static str) -> Counter {
-    family.get_or_create(&[("reason", reason)]).clone()
+/// Labels made at start-up from numbers (codes, statuses).
+type OwnedLabels = Vec<(&'static str, String)>;
+
+/// One series of a family, created once at start-up, so it shows as 0
+/// from the first scrape and counting it later is a plain atomic add.
+fn series(family: &Family<Labels, Counter>, name: &'static str, value: &'static str) -> Counter {
+    family.get_or_create(&[(name, value)]).clone()
 }
 
 /// The counters the echo loop itself updates.
@@ -61,15 +71,50 @@ fn series(family: &Family<Labels, Counter>, reason: &'static str) -> Counter {
 pub struct EchoCounters {
     pub bytes_received: Counter,
     pub bytes_echoed: Counter,
-    pub frames_echoed: Counter,
+    frames_echoed: Counter,
+    /// Frames or WebSocket messages of this listener kind.
+    messages: Counter,
+}
+
+impl EchoCounters {
+    /// `n` frames (or WebSocket messages) were echoed.
+    pub fn echoed(&self, n: u64) {
+        self.frames_echoed.inc_by(n);
+        self.messages.inc_by(n);
+    }
+}
+
+/// The WebSocket close codes counted by name; the rest count as `other`.
+const CLOSE_CODES: [u16; 5] = [1000, 1001, 1002, 1007, 1009];
+/// The HTTP statuses counted by name; the rest count as `other`.
+const STATUSES: [u16; 6] = [101, 200, 400, 404, 413, 426];
+
+/// The position of `value` in `known`, else the `other` slot after them.
+fn slot(known: &[u16], value: u16) -> usize {
+    known
+        .iter()
+        .position(|&k| k == value)
+        .unwrap_or(known.len())
+}
+
+fn labels(known: &[u16]) -> Vec<String> {
+    known
+        .iter()
+        .map(u16::to_string)
+        .chain(["other".to_owned()])
+        .collect()
 }
 
 /// Every metric the server exports.
 pub struct Metrics {
     registry: Registry,
-    pub echo: EchoCounters,
+    /// Per listener kind; the byte and frame counters are shared.
+    echo: [EchoCounters; ListenerKind::ALL.len()],
     connections_open: Gauge,
     connections_total: Counter,
+    by_listener: [Counter; ListenerKind::ALL.len()],
+    websocket_closes: Vec<Counter>,
+    http_responses: Vec<Counter>,
     rejected: [Counter; Rejection::ALL.len()],
     closed: [Counter; CloseReason::LABELS.len()],
     duration: Histogram,
@@ -82,22 +127,40 @@ impl Metrics {
     /// UDP listeners), so a scrape shows what exists.
     pub fn new(udp: bool) -> Metrics {
         let families = Families::default();
+        let shared = EchoCounters::default();
+        let kind_series = |family: &Family<Labels, Counter>, kind: ListenerKind| {
+            series(family, "listener", kind.label())
+        };
+        let by_code = |family: &Family<OwnedLabels, Counter>, name: &'static str, known: &[u16]| {
+            labels(known)
+                .into_iter()
+                .map(|label| family.get_or_create(&vec![(name, label)]).clone())
+                .collect()
+        };
         let mut metrics = Metrics {
             registry: Registry::with_prefix("echod"),
-            echo: EchoCounters::default(),
+            echo: ListenerKind::ALL.map(|kind| EchoCounters {
+                messages: kind_series(&families.messages, kind),
+                ..shared.clone()
+            }),
             connections_open: Gauge::default(),
             connections_total: Counter::default(),
-            rejected: Rejection::ALL.map(|r| series(&families.rejected, r.label())),
-            closed: CloseReason::LABELS.map(|label| series(&families.closed, label)),
+            by_listener: ListenerKind::ALL.map(|kind| kind_series(&families.by_listener, kind)),
+            websocket_closes: by_code(&families.websocket_closes, "code", &CLOSE_CODES),
+            http_responses: by_code(&families.http_responses, "status", &STATUSES),
+            rejected: Rejection::ALL.map(|r| series(&families.rejected, "reason", r.label())),
+            closed: CloseReason::LABELS.map(|label| series(&families.closed, "reason", label)),
             duration: Histogram::new(DURATION_BUCKETS),
             udp_echoed: Counter::default(),
-            udp_dropped: DropReason::ALL.map(|r| series(&families.udp_dropped, r.label())),
+            udp_dropped: DropReason::ALL
+                .map(|r| series(&families.udp_dropped, "reason", r.label())),
         };
         metrics.register(&families, udp);
         metrics
     }
 
     fn register(&mut self, families: &Families, udp: bool) {
+        Self::register_by_kind(&mut self.registry, families);
         let registry = &mut self.registry;
         add!(
             registry,
@@ -135,20 +198,20 @@ impl Metrics {
             "received",
             "Bytes received from clients",
             Bytes,
-            self.echo.bytes_received
+            self.echo[0].bytes_received
         );
         add!(
             registry,
             "echoed",
             "Bytes echoed back to clients",
             Bytes,
-            self.echo.bytes_echoed
+            self.echo[0].bytes_echoed
         );
         add!(
             registry,
             "frames_echoed",
             "Frames echoed (lines or length frames; raw framing has none)",
-            self.echo.frames_echoed
+            self.echo[0].frames_echoed
         );
         if udp {
             add!(
@@ -166,10 +229,54 @@ impl Metrics {
         }
     }
 
-    /// A stream connection was accepted.
-    pub fn accepted(&self) {
+    /// The series labelled by listener kind, close code and HTTP status.
+    fn register_by_kind(registry: &mut Registry, families: &Families) {
+        add!(
+            registry,
+            "listener_connections",
+            "Stream connections accepted, by listener kind",
+            families.by_listener
+        );
+        add!(
+            registry,
+            "listener_messages",
+            "Frames or WebSocket messages echoed, by listener kind",
+            families.messages
+        );
+        add!(
+            registry,
+            "websocket_closes",
+            "WebSocket close frames sent, by close code",
+            families.websocket_closes
+        );
+        add!(
+            registry,
+            "http_responses",
+            "HTTP responses on ws: and wss: listeners, by status",
+            families.http_responses
+        );
+    }
+
+    /// A stream connection was accepted on a listener of `kind`.
+    pub fn accepted(&self, kind: ListenerKind) {
         self.connections_total.inc();
         self.connections_open.inc();
+        self.by_listener[kind as usize].inc();
+    }
+
+    /// The counters the echo loops of `kind` add to.
+    pub fn echo(&self, kind: ListenerKind) -> &EchoCounters {
+        &self.echo[kind as usize]
+    }
+
+    /// The server sent a WebSocket close frame with `code`.
+    pub fn websocket_closed(&self, code: u16) {
+        self.websocket_closes[slot(&CLOSE_CODES, code)].inc();
+    }
+
+    /// An HTTP response with `status` was sent.
+    pub fn http_response(&self, status: u16) {
+        self.http_responses[slot(&STATUSES, status)].inc();
     }
 
     /// An accepted connection is gone (refused or closed); called from its

@@ -18,6 +18,7 @@ use super::{
     admission::{Admission, Gate},
     echo::{self, ConnectionSettings, ConnectionStats},
     http,
+    listen::ListenerKind,
     proxy::{self, HeaderError},
     reason::{CloseReason, Rejection},
     shutdown::{Coordinator, Shutdown},
@@ -124,6 +125,7 @@ pub struct Connection {
     pub shutdown: Shutdown,
     /// The listener as the logs name it (`ws:127.0.0.1:8080`).
     pub listener: Arc<str>,
+    pub kind: ListenerKind,
 }
 
 /// Runs one connection's whole session.
@@ -303,7 +305,7 @@ async fn echo_connection<S: EchoStream>(
         &live.settings,
         &connection.shutdown,
         &mut stats,
-        metrics.map(|metrics| &metrics.echo),
+        metrics.map(|metrics| metrics.echo(connection.kind)),
     );
     let reason = tokio::select! {
         biased;

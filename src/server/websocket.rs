@@ -26,6 +26,7 @@ use tokio_tungstenite::{
 use super::{
     echo::{ConnectionSettings, LINGER},
     http::status,
+    metrics::Metrics,
     reason::CloseReason,
     session::{Connection, Shared},
 };
@@ -104,7 +105,8 @@ pub async fn echo(
         .read_buffer_size(READ_BUFFER);
     let mut ws =
         WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config)).await;
-    let counters = shared.gate.metrics().map(|metrics| &metrics.echo);
+    let metrics = shared.gate.metrics();
+    let counters = metrics.map(|metrics| metrics.echo(connection.kind));
     let shutdown = &connection.shutdown;
     let drained = shutdown.draining();
     tokio::pin!(drained);
@@ -119,8 +121,8 @@ pub async fn echo(
             biased;
             _ = shutdown.cut() => return CloseReason::Cut,
             item = ws.next() => item,
-            _ = &mut drained => return close(&mut ws, CloseCode::Away, CloseReason::Shutdown).await,
-            () = idle => return close(&mut ws, CloseCode::Away, CloseReason::IdleTimeout).await,
+            _ = &mut drained => return close(&mut ws, CloseCode::Away, CloseReason::Shutdown, metrics).await,
+            () = idle => return close(&mut ws, CloseCode::Away, CloseReason::IdleTimeout, metrics).await,
         };
         // Echo every message that is already readable, then flush once.
         loop {
@@ -130,17 +132,17 @@ pub async fn echo(
                         let len = message.len() as u64;
                         counters.bytes_received.inc_by(len);
                         counters.bytes_echoed.inc_by(len);
-                        counters.frames_echoed.inc();
+                        counters.echoed(1);
                     }
                     if let Err(error) = ws.feed(message).await {
-                        return from_error(&mut ws, error, max).await;
+                        return from_error(&mut ws, error, max, metrics).await;
                     }
                 }
                 other => {
                     if let Err(error) = ws.flush().await {
-                        return from_error(&mut ws, error, max).await;
+                        return from_error(&mut ws, error, max, metrics).await;
                     }
-                    if let Some(end) = control(&mut ws, other, max).await {
+                    if let Some(end) = control(&mut ws, other, max, metrics).await {
                         return end;
                     }
                 }
@@ -151,7 +153,7 @@ pub async fn echo(
             }
         }
         if let Err(error) = ws.flush().await {
-            return from_error(&mut ws, error, max).await;
+            return from_error(&mut ws, error, max, metrics).await;
         }
     }
 }
@@ -161,23 +163,32 @@ async fn control(
     ws: &mut Socket,
     item: Option<Result<Message, tungstenite::Error>>,
     max: usize,
+    metrics: Option<&Metrics>,
 ) -> Option<CloseReason> {
     match item {
         None => Some(CloseReason::ClientClosed),
         // tungstenite has queued the reply: pong, or the close frame with
         // the client's code, which the flush before this sent.
-        Some(Ok(Message::Close(_))) => {
+        Some(Ok(Message::Close(frame))) => {
+            if let Some(metrics) = metrics {
+                metrics.websocket_closed(frame.map_or(1005, |frame| u16::from(frame.code)));
+            }
             linger(ws).await;
             Some(CloseReason::ClientClosed)
         }
         Some(Ok(_)) => None,
-        Some(Err(error)) => Some(from_error(ws, error, max).await),
+        Some(Err(error)) => Some(from_error(ws, error, max, metrics).await),
     }
 }
 
 /// A read or write error: the close code it calls for, sent when the
 /// connection can still carry it.
-async fn from_error(ws: &mut Socket, error: tungstenite::Error, max: usize) -> CloseReason {
+async fn from_error(
+    ws: &mut Socket,
+    error: tungstenite::Error,
+    max: usize,
+    metrics: Option<&Metrics>,
+) -> CloseReason {
     use tungstenite::Error;
     let invalid = |what: String| {
         CloseReason::Error(std::io::Error::new(std::io::ErrorKind::InvalidData, what))
@@ -191,13 +202,14 @@ async fn from_error(ws: &mut Socket, error: tungstenite::Error, max: usize) -> C
                 },
                 limit: max,
             });
-            close(ws, CloseCode::Size, reason).await
+            close(ws, CloseCode::Size, reason, metrics).await
         }
         Error::Utf8(_) => {
             close(
                 ws,
                 CloseCode::Invalid,
                 invalid("invalid UTF-8 in a text message".into()),
+                metrics,
             )
             .await
         }
@@ -206,6 +218,7 @@ async fn from_error(ws: &mut Socket, error: tungstenite::Error, max: usize) -> C
                 ws,
                 CloseCode::Protocol,
                 invalid(format!("WebSocket protocol violation: {problem}")),
+                metrics,
             )
             .await
         }
@@ -217,7 +230,15 @@ async fn from_error(ws: &mut Socket, error: tungstenite::Error, max: usize) -> C
 
 /// Sends a close frame with `code`, then waits (at most [`LINGER`]) for the
 /// client's reply, so the close is not lost to a reset.
-async fn close(ws: &mut Socket, code: CloseCode, reason: CloseReason) -> CloseReason {
+async fn close(
+    ws: &mut Socket,
+    code: CloseCode,
+    reason: CloseReason,
+    metrics: Option<&Metrics>,
+) -> CloseReason {
+    if let Some(metrics) = metrics {
+        metrics.websocket_closed(u16::from(code));
+    }
     let frame = CloseFrame {
         code,
         reason: reason.label().into(),
