@@ -390,6 +390,9 @@ async fn chaos_runs_every_kind_of_abuse_and_verified_echoes_stay_exact() {
         report["server_peak_rss_kib"].as_u64().unwrap() > 0,
         "{report}"
     );
+    // The server runs in this test's process: it used some CPU per message.
+    let cpu = report["server_cpu_us_per_msg"].as_f64().unwrap();
+    assert!(cpu > 0.0 && cpu < 100_000.0, "{report}");
     let chaos = &report["chaos"];
     for kind in [
         "reset",

@@ -68,7 +68,8 @@ pub struct BenchArgs {
     /// Abusive clients of each kind with --chaos.
     #[arg(long, default_value = "5", value_name = "N")]
     pub chaos_clients: usize,
-    /// Report this server process's peak RSS (Linux /proc) at the end.
+    /// Report this server process's CPU time per message over the measured
+    /// window, and its peak RSS at the end (Linux /proc).
     #[arg(long, value_name = "PID")]
     pub server_pid: Option<u32>,
     /// UDP: seconds before an unanswered datagram counts as lost.
@@ -255,13 +256,28 @@ pub async fn measure(
     tally.measure_from.set(Some(measure_from));
     tally.measure_until.set(Some(measure_until));
     let drivers = driver::spawn_all(plan, conns, &pattern, &tally);
+    // The server's CPU clock, read when the window opens and closes.
+    let cpu_at_start = plan.server_pid.map(|pid| {
+        tokio::task::spawn_local(async move {
+            tokio::time::sleep_until(measure_from.into()).await;
+            report::cpu_time(pid)
+        })
+    });
     show_until(plan, &tally, started, measure_until, show_progress).await;
+    let cpu_at_end = plan.server_pid.and_then(report::cpu_time);
+    let cpu_at_start = match cpu_at_start {
+        Some(task) => task.await.ok().flatten(),
+        None => None,
+    };
+    let server_cpu = cpu_at_start
+        .zip(cpu_at_end)
+        .map(|(start, end)| end.saturating_sub(start));
     for driver in drivers {
         driver.abort();
     }
     let chaos = chaos.map(|chaos| chaos.finish().into_iter().collect());
     let histogram = tally.latency_ns.borrow().clone();
-    let report = Report::new(plan, &tally, &histogram, chaos);
+    let report = Report::new(plan, &tally, &histogram, chaos, server_cpu);
     let first_errors = tally.first_errors.take();
     Ok((report, histogram, first_errors))
 }

@@ -45,6 +45,32 @@ pub struct Report {
     /// With --server-pid: the server's peak resident set size.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub server_peak_rss_kib: Option<u64>,
+    /// With --server-pid: the server's CPU time (user + system) over the
+    /// measured window, per message completed in it: the cost measure that
+    /// does not depend on which side is the bottleneck.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub server_cpu_us_per_msg: Option<f64>,
+}
+
+/// A process's CPU time so far (user + system), where /proc has it.
+pub fn cpu_time(pid: u32) -> Option<Duration> {
+    #[cfg(target_os = "linux")]
+    {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        // Fields after the command name, which is in parentheses and may hold spaces.
+        let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+        let ticks: u64 =
+            fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+        // SAFETY: sysconf has no preconditions.
+        let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+        let per_second = u64::try_from(per_second).ok().filter(|&n| n > 0)?;
+        Some(Duration::from_micros(ticks * 1_000_000 / per_second))
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = pid;
+        None
+    }
 }
 
 /// A process's peak resident set size (VmHWM), where /proc has it.
@@ -89,6 +115,9 @@ pub fn render(plan: &Plan, report: &Report) -> String {
                 kind.attempts, kind.closed_by_server, kind.errors, kind.mismatches
             );
         }
+    }
+    if let Some(cpu) = report.server_cpu_us_per_msg {
+        extra += &format!("server      CPU {cpu:.2} µs per message\n");
     }
     if let Some(peak) = report.server_peak_rss_kib {
         extra += &format!("server      peak RSS {:.1} MiB\n", peak as f64 / 1024.0);
@@ -164,6 +193,7 @@ impl Report {
         tally: &Tally,
         histogram: &Histogram<u64>,
         chaos: Option<BTreeMap<&'static str, KindReport>>,
+        server_cpu: Option<Duration>,
     ) -> Report {
         let chaos_mismatches: u64 = chaos
             .iter()
@@ -197,6 +227,9 @@ impl Report {
             lost: plan.target.udp.then(|| tally.lost.get()),
             chaos,
             server_peak_rss_kib: plan.server_pid.and_then(peak_rss_kib),
+            server_cpu_us_per_msg: server_cpu
+                .filter(|_| messages > 0)
+                .map(|cpu| cpu.as_secs_f64() * 1e6 / messages as f64),
         }
     }
 }
