@@ -7,9 +7,12 @@
 //!        │                        │
 //!   server/                  client/               never import each other
 //!   bind · admission ·       connect · interactive ·
-//!   accept · session ·       bench/ · chaos
-//!   echo · shutdown · udp ·
-//!   proxy · systemd · metrics
+//!   accept · session ·       websocket · bench/ ·
+//!   echo · timer · http ·    chaos
+//!   websocket · shutdown ·
+//!   signals · reload · udp ·
+//!   proxy · systemd ·
+//!   metrics · admin
 //!        │                        │
 //!   ─────┴──── shared bottom ─────┴─────
 //!   tls/      certificates; server and client configs
@@ -23,7 +26,8 @@
 //! A connection's life: a listener ([`server`]) accepts a byte stream, the
 //! admission guard gives it a connection permit and a per-IP slot, the
 //! session reads a PROXY header, does the TLS handshake, then runs the one
-//! echo loop, whose framing is [`codec::Framer`]. Tests, benches and fuzzers
+//! echo loop, whose framing is [`codec::Framer`] (or, on `ws:`/`wss:`,
+//! HTTP with WebSocket echo over the same stream). Tests, benches and fuzzers
 //! drive the same code in-process.
 
 pub mod addr;
