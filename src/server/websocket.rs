@@ -29,6 +29,7 @@ use super::{
     metrics::Metrics,
     reason::CloseReason,
     session::{Connection, Shared},
+    timer::IdleTimer,
 };
 use crate::codec::FrameError;
 
@@ -110,20 +111,19 @@ pub async fn echo(
     let shutdown = &connection.shutdown;
     let drained = shutdown.draining();
     tokio::pin!(drained);
+    // The same lazy timer as the TCP echo: activity only records a time.
+    let mut idle = IdleTimer::new(settings.idle_timeout, None, None);
     loop {
-        let idle = async {
-            match settings.idle_timeout {
-                Some(timeout) => tokio::time::sleep(timeout).await,
-                None => std::future::pending().await,
-            }
-        };
         let mut item = tokio::select! {
             biased;
             _ = shutdown.cut() => return CloseReason::Cut,
             item = ws.next() => item,
             _ = &mut drained => return close(&mut ws, CloseCode::Away, CloseReason::Shutdown, metrics).await,
-            () = idle => return close(&mut ws, CloseCode::Away, CloseReason::IdleTimeout, metrics).await,
+            _ = idle.expired(false) => {
+                return close(&mut ws, CloseCode::Away, CloseReason::IdleTimeout, metrics).await
+            }
         };
+        idle.touch();
         // Echo every message that is already readable, then flush once.
         loop {
             match item {
@@ -155,6 +155,7 @@ pub async fn echo(
         if let Err(error) = ws.flush().await {
             return from_error(&mut ws, error, max, metrics).await;
         }
+        idle.touch();
     }
 }
 
