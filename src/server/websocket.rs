@@ -109,14 +109,17 @@ pub async fn echo(
     let metrics = shared.gate.metrics();
     let counters = metrics.map(|metrics| metrics.echo(connection.kind));
     let shutdown = &connection.shutdown;
+    // Both pinned once: a new cancellation future per wake would lock the
+    // token's tree node every time it is polled.
     let drained = shutdown.draining();
-    tokio::pin!(drained);
+    let cut = shutdown.cut();
+    tokio::pin!(drained, cut);
     // The same lazy timer as the TCP echo: activity only records a time.
     let mut idle = IdleTimer::new(settings.idle_timeout, None, None);
     loop {
         let mut item = tokio::select! {
             biased;
-            _ = shutdown.cut() => return CloseReason::Cut,
+            _ = &mut cut => return CloseReason::Cut,
             item = ws.next() => item,
             _ = &mut drained => return close(&mut ws, CloseCode::Away, CloseReason::Shutdown, metrics).await,
             _ = idle.expired(false) => {
