@@ -607,3 +607,40 @@ async fn metrics_count_websocket_messages_close_codes_and_http_statuses() {
     }
     server.shutdown().await;
 }
+
+/// Under Kubernetes the Downward API's pod identity appears in the HTTP
+/// echo (`hostname` is the pod's name, and an `instance` object).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_pod_identity_from_the_downward_api_is_in_the_http_echo() {
+    let mut server = common::ServerProcess::spawn(
+        &["--listen", "ws:127.0.0.1:0"],
+        &[
+            ("POD_NAME", "echod-7d9f-abcde"),
+            ("POD_NAMESPACE", "tests"),
+            ("NODE_NAME", "node-1"),
+        ],
+    );
+    let line = server.wait_for("listening on ws:");
+    let addr: SocketAddr = line
+        .split("listening on ws:")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap()
+        .parse()
+        .unwrap();
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream
+        .write_all(b"GET /who HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    let body = response.split_once("\r\n\r\n").unwrap().1;
+    let json: serde_json::Value = serde_json::from_str(body).unwrap();
+    assert_eq!(json["hostname"], "echod-7d9f-abcde");
+    assert_eq!(json["instance"]["pod"], "echod-7d9f-abcde");
+    assert_eq!(json["instance"]["namespace"], "tests");
+    assert_eq!(json["instance"]["node"], "node-1");
+    server.signal(libc::SIGTERM);
+    assert_eq!(server.wait().code(), Some(0));
+}

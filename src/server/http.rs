@@ -217,6 +217,9 @@ fn describe(
         "tls": context.tls,
         "hostname": hostname(),
     });
+    if let Some(instance) = instance() {
+        described["instance"] = instance.clone();
+    }
     match std::str::from_utf8(body) {
         Ok(text) => described["body"] = text.into(),
         Err(_) => {
@@ -238,12 +241,29 @@ pub(super) fn status(status: StatusCode, text: &'static str) -> Response<Full<By
     response
 }
 
-/// This machine's name, read once.
+/// Kubernetes pod identity from the Downward API (`POD_NAME`,
+/// `POD_NAMESPACE`, `NODE_NAME`), when any is set; read once.
+fn instance() -> Option<&'static serde_json::Value> {
+    static INSTANCE: std::sync::OnceLock<Option<serde_json::Value>> = std::sync::OnceLock::new();
+    INSTANCE
+        .get_or_init(|| {
+            let var = |name| std::env::var(name).ok().filter(|value| !value.is_empty());
+            let (pod, namespace, node) = (var("POD_NAME"), var("POD_NAMESPACE"), var("NODE_NAME"));
+            (pod.is_some() || namespace.is_some() || node.is_some())
+                .then(|| serde_json::json!({ "pod": pod, "namespace": namespace, "node": node }))
+        })
+        .as_ref()
+}
+
+/// This instance's name, read once: the pod's (`POD_NAME`) under
+/// Kubernetes, else the machine's.
 fn hostname() -> &'static str {
     static NAME: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     NAME.get_or_init(|| {
-        std::env::var("HOSTNAME")
+        std::env::var("POD_NAME")
             .ok()
+            .filter(|name| !name.is_empty())
+            .or_else(|| std::env::var("HOSTNAME").ok())
             .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
             .map(|name| name.trim().to_owned())
             .unwrap_or_default()
