@@ -2,25 +2,14 @@
 //! against an installed copy of the binary. `systemd-analyze` works offline
 //! here (no running systemd is needed); `.ci/run` installs it.
 
+mod common;
+
 use std::process::{Command, Stdio};
 
 const SERVER: &str = env!("CARGO_BIN_EXE_echo-server");
 
 fn systemd_analyze() -> Option<&'static str> {
-    let found = Command::new("systemd-analyze")
-        .arg("--version")
-        .stdout(Stdio::null())
-        .status()
-        .is_ok_and(|status| status.success());
-    if found {
-        return Some("systemd-analyze");
-    }
-    assert!(
-        std::env::var_os("CI").is_none(),
-        "systemd-analyze is not installed (.ci/run installs the systemd package)"
-    );
-    eprintln!("SKIPPING: systemd-analyze is not installed (apt-get install systemd)");
-    None
+    common::peer("systemd-analyze", &["--version"], "systemd").then_some("systemd-analyze")
 }
 
 /// The units with `ExecStart` pointing at this build's binary, as if it

@@ -166,20 +166,7 @@ async fn the_frame_limit_applies_inside_tls() {
 
 /// `openssl s_client`, installed by `.ci/run`; missing fails under CI.
 fn openssl() -> Option<&'static str> {
-    let found = Command::new("openssl")
-        .arg("version")
-        .stdout(Stdio::null())
-        .status()
-        .is_ok_and(|status| status.success());
-    if found {
-        return Some("openssl");
-    }
-    assert!(
-        std::env::var_os("CI").is_none(),
-        "openssl is not installed (.ci/run installs it)"
-    );
-    eprintln!("skipping: openssl is not installed");
-    None
+    common::peer("openssl", &["version"], "openssl").then_some("openssl")
 }
 
 #[tokio::test]
@@ -239,21 +226,38 @@ async fn openssl_s_client_echoes_a_line_through_mutual_tls() {
 /// Runs `openssl s_client` with `flags` against `addr`, sends one line and
 /// reads one line back (none if the handshake fails), then ends its input:
 /// (exit status success, the line read).
-fn s_client(openssl: &str, addr: SocketAddr, ca: &str, flags: &[&str]) -> (bool, String) {
+/// Starts `openssl s_client` (with `extra` flags), sends `line`, reads its
+/// echo; returns the running client, its stdin and the echo.
+fn s_client_start(
+    openssl: &str,
+    addr: SocketAddr,
+    ca: &str,
+    extra: &[&str],
+    line: &[u8],
+) -> (std::process::Child, std::process::ChildStdin, String) {
     let mut child = Command::new(openssl)
-        .args(["s_client", "-quiet", "-no_ign_eof", "-verify_return_error"])
+        .args(["s_client", "-quiet", "-verify_return_error"])
         .args(["-connect", &addr.to_string(), "-CAfile", ca])
-        .args(flags)
+        .args(extra)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
         .expect("spawn openssl");
     let mut stdin = child.stdin.take().unwrap();
-    std::io::Write::write_all(&mut stdin, b"which version\n").unwrap();
+    std::io::Write::write_all(&mut stdin, line).unwrap();
     let mut echoed = String::new();
     let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
     std::io::BufRead::read_line(&mut stdout, &mut echoed).unwrap();
+    (child, stdin, echoed)
+}
+
+fn s_client(openssl: &str, addr: SocketAddr, ca: &str, flags: &[&str]) -> (bool, String) {
+    let extra: Vec<&str> = ["-no_ign_eof"]
+        .into_iter()
+        .chain(flags.iter().copied())
+        .collect();
+    let (mut child, stdin, echoed) = s_client_start(openssl, addr, ca, &extra, b"which version\n");
     // -no_ign_eof: the end of input ends the session.
     drop(stdin);
     (child.wait().unwrap().success(), echoed)
@@ -788,19 +792,8 @@ async fn a_tls_close_without_close_notify_is_not_logged_at_info() {
     }
     // An independent peer killed mid-session: openssl s_client.
     if let Some(openssl) = openssl() {
-        let mut child = Command::new(openssl)
-            .args(["s_client", "-quiet", "-verify_return_error"])
-            .args(["-connect", &addr.to_string(), "-CAfile", &pki.arg("ca.pem")])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn openssl");
-        let mut stdin = child.stdin.take().unwrap();
-        std::io::Write::write_all(&mut stdin, b"ping\n").unwrap();
-        let mut echoed = String::new();
-        let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
-        std::io::BufRead::read_line(&mut stdout, &mut echoed).unwrap();
+        let ca = pki.arg("ca.pem");
+        let (mut child, _stdin, echoed) = s_client_start(openssl, addr, &ca, &[], b"ping\n");
         assert_eq!(echoed, "ping\n");
         child.kill().unwrap();
         child.wait().unwrap();

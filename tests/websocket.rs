@@ -42,20 +42,7 @@ fn python() -> Option<&'static str> {
 }
 
 fn curl() -> Option<&'static str> {
-    let found = Command::new("curl")
-        .arg("--version")
-        .stdout(Stdio::null())
-        .status()
-        .is_ok_and(|status| status.success());
-    if found {
-        return Some("curl");
-    }
-    assert!(
-        std::env::var_os("CI").is_none(),
-        "curl is not installed (.ci/run installs it)"
-    );
-    eprintln!("SKIPPING: curl is not installed");
-    None
+    common::peer("curl", &["--version"], "curl").then_some("curl")
 }
 
 /// Runs a Python asyncio client; `URI` is defined for it. Returns stdout.

@@ -457,3 +457,24 @@ pub fn run_binary(
         String::from_utf8_lossy(&output.stderr).into_owned(),
     )
 }
+
+/// Whether an independent peer program (a client echod did not write, or
+/// a checker) runs here: `program probe…` succeeds. Without it a test skips
+/// with a loud message on a developer machine, and fails under CI, where
+/// `.ci/run` installs `package`.
+pub fn peer(program: &str, probe: &[&str], package: &str) -> bool {
+    let found = Command::new(program)
+        .args(probe)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|status| status.success());
+    if !found {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "{program} is not installed (.ci/run installs {package})"
+        );
+        eprintln!("SKIPPING: {program} is not installed (apt-get install {package})");
+    }
+    found
+}
