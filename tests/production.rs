@@ -855,3 +855,73 @@ async fn health_checks_are_not_logged_at_info() {
         .collect();
     assert!(noisy.is_empty(), "health checks logged at INFO: {noisy:#?}");
 }
+
+/// LISTEN sockets on `port` in /proc/net/tcp (state 0A), across processes.
+fn listening_sockets(port: u16) -> usize {
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap();
+    table
+        .lines()
+        .skip(1)
+        .filter(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            fields[3] == "0A" && fields[1].ends_with(&format!(":{port:04X}"))
+        })
+        .count()
+}
+
+#[tokio::test]
+async fn the_per_core_runtime_has_a_socket_per_core_serves_from_each_and_drains_them_all() {
+    let mut server = ServerProcess::spawn(
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--runtime",
+            "per-core",
+            "--workers",
+            "3",
+        ],
+        &[],
+    );
+    let addr = server.listening(1)[0];
+    server.wait_for("runtime: per-core, 3 threads");
+    // The port is this server's alone: without reuse_port a second
+    // server still fails with "address in use".
+    let (code, _, stderr) = common::run_binary(
+        env!("CARGO_BIN_EXE_echo-server"),
+        &["--listen", &addr.to_string(), "--runtime", "per-core"],
+        &[],
+        b"",
+    );
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("in use"), "{stderr}");
+    // The kernel hashes connections over the three sockets: with 60 of them,
+    // a core that did not accept would leave about 20 unanswered.
+    let mut streams = Vec::new();
+    for i in 0..60u32 {
+        let mut stream = TcpStream::connect(addr).await.unwrap();
+        let line = format!("{i}\n");
+        assert_eq!(
+            echo_once(&mut stream, line.as_bytes()).await,
+            line.as_bytes()
+        );
+        streams.push(stream);
+    }
+    // One socket per core, in one SO_REUSEPORT group.
+    assert_eq!(listening_sockets(addr.port()), 3);
+    // Graceful shutdown reaches every core: each connection, wherever it
+    // lives, gets its FIN, and none is cut.
+    server.signal(libc::SIGTERM);
+    for stream in &mut streams {
+        let mut rest = Vec::new();
+        tokio::time::timeout(PATIENCE, stream.read_to_end(&mut rest))
+            .await
+            .expect("FIN at shutdown")
+            .unwrap();
+        assert!(rest.is_empty());
+    }
+    assert!(server.wait().success(), "{}", server.stderr.join("\n"));
+    let log = server.stderr.join("\n");
+    assert!(log.contains("60 open connection(s)"), "{log}");
+    assert!(!log.contains("were cut"), "{log}");
+    assert!(log.contains("shutdown complete"), "{log}");
+}

@@ -4,7 +4,7 @@
 //! entry here and one field in [`Config`]; the flag, the variable, the file
 //! key, the default and the docs' checks all follow from it.
 
-use super::{value::Value, Config, LogFormat, ProxyProtocol, MAX_FRAME_LENGTH_LIMIT};
+use super::{value::Value, Config, LogFormat, ProxyProtocol, RuntimeShape, MAX_FRAME_LENGTH_LIMIT};
 
 /// A setting's built-in default.
 #[derive(Clone, Copy)]
@@ -301,6 +301,19 @@ pub static KEYS: &[Key] = &[
         choices: &[],
         list: false,
         set: |c, v| store(&mut c.workers, v.integer(1, 1024)?),
+    },
+    Key {
+        name: "runtime",
+        value_name: "SHAPE",
+        help: "per-core: one single-threaded runtime per worker, each with its own \
+               SO_REUSEPORT socket per TCP listener (no work stealing, no cross-thread \
+               wake-ups); work-stealing: one tokio multi-thread runtime \
+               [default: work-stealing, which keeps its tail latency when cores are \
+               shared; see BENCHMARKS.md]",
+        default: Builtin::Text("work-stealing"),
+        choices: &["per-core", "work-stealing"],
+        list: false,
+        set: |c, v| store(&mut c.runtime, v.parsed::<RuntimeShape>()?),
     },
     Key {
         name: "tcp_nodelay",

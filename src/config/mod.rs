@@ -22,7 +22,7 @@ use std::{
 pub use crate::addr::{Endpoint, ListenAddr, DEFAULT_LISTEN};
 use crate::codec::{Framing, MAX_FRAME_LENGTH_LIMIT};
 pub use keys::{Key, KEYS};
-pub use settings::{LogFormat, ProxyProtocol, TlsFiles, UdpLimits};
+pub use settings::{LogFormat, ProxyProtocol, RuntimeShape, TlsFiles, UdpLimits};
 use value::Value;
 
 /// The file read from the working directory when `--config` is not given.
@@ -161,6 +161,8 @@ pub struct Config {
     pub log_level: String,
     /// Runtime worker threads; 1 = tokio's current-thread runtime.
     pub workers: usize,
+    /// Per-core runtimes or one work-stealing runtime.
+    pub runtime: RuntimeShape,
     /// TCP_NODELAY on accepted connections.
     pub tcp_nodelay: bool,
     /// SO_REUSEPORT on TCP and UDP listeners.
@@ -206,6 +208,7 @@ impl Default for Config {
             log_format: LogFormat::default(),
             log_level: String::new(),
             workers: 0,
+            runtime: RuntimeShape::default(),
             tcp_nodelay: false,
             reuse_port: false,
             proxy_protocol: ProxyProtocol::default(),
@@ -335,6 +338,7 @@ impl Config {
             ),
             ("log_format", self.log_format != new.log_format),
             ("workers", self.workers != new.workers),
+            ("runtime", self.runtime != new.runtime),
             ("tcp_nodelay", self.tcp_nodelay != new.tcp_nodelay),
             ("reuse_port", self.reuse_port != new.reuse_port),
             ("proxy_protocol", self.proxy_protocol != new.proxy_protocol),
@@ -771,6 +775,7 @@ mod tests {
                 "listen" | "udp" | "metrics" | "admin" => "127.0.0.1:9",
                 "unix_socket_mode" => "0600",
                 "framing" => "raw",
+                "runtime" => "per-core",
                 "log_format" => "json",
                 "log_level" => "debug",
                 "tcp_nodelay" => "false",

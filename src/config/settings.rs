@@ -24,6 +24,49 @@ impl FromStr for LogFormat {
     }
 }
 
+/// How the daemon spreads its work over the cores.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum RuntimeShape {
+    /// One current-thread runtime per worker, each with its own
+    /// `SO_REUSEPORT` listening socket: the kernel spreads connections and
+    /// a connection never leaves its thread (nginx, Envoy, Seastar).
+    PerCore,
+    /// One tokio multi-thread runtime whose workers steal each other's
+    /// tasks: the default, as it keeps its tail when a core is shared
+    /// (with a load generator, other services, or a CPU quota).
+    #[default]
+    WorkStealing,
+}
+
+impl RuntimeShape {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RuntimeShape::PerCore => "per-core",
+            RuntimeShape::WorkStealing => "work-stealing",
+        }
+    }
+}
+
+impl FromStr for RuntimeShape {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim() {
+            "per-core" => Ok(RuntimeShape::PerCore),
+            "work-stealing" => Ok(RuntimeShape::WorkStealing),
+            _ => Err(format!(
+                "unknown runtime {s:?} (expected per-core or work-stealing)"
+            )),
+        }
+    }
+}
+
+impl fmt::Display for RuntimeShape {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// Which PROXY protocol header, if any, starts every stream connection.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum ProxyProtocol {

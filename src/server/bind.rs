@@ -8,7 +8,10 @@
 
 use std::{io, net::SocketAddr};
 
-use tokio::net::{TcpListener, UdpSocket};
+use tokio::{
+    net::{TcpListener, UdpSocket},
+    runtime::Handle,
+};
 use tracing::{info, warn};
 
 #[cfg(unix)]
@@ -20,7 +23,7 @@ use super::{
 };
 use crate::{
     addr::{resolve, Endpoint, ListenAddr},
-    config::Config,
+    config::{Config, RuntimeShape},
 };
 
 /// Pending connections the kernel queues per listener (capped by
@@ -35,6 +38,8 @@ pub struct Bound {
     pub admin: Option<TcpListener>,
     /// For `tls:` listeners.
     pub tls: Option<tokio_rustls::TlsAcceptor>,
+    /// Whether the stream listeners came from the service manager.
+    adopted: bool,
 }
 
 impl Bound {
@@ -58,6 +63,7 @@ impl Bound {
             udp: Vec::new(),
             admin: None,
             tls,
+            adopted: !inherited.is_empty(),
         };
         if inherited.is_empty() {
             bound.bind_configured(config).await?;
@@ -101,8 +107,11 @@ impl Bound {
                 | Endpoint::Tls(listen)
                 | Endpoint::Ws(listen)
                 | Endpoint::Wss(listen) => {
+                    // Per-core runtimes give each core its own socket in
+                    // one SO_REUSEPORT group.
+                    let group = config.runtime == RuntimeShape::PerCore && config.workers > 1;
                     for addr in resolved(listen).await? {
-                        let listener = bind_listener(addr, config.reuse_port)
+                        let listener = bind_listener(addr, config.reuse_port, group)
                             .map_err(|source| ServerError::Bind { addr, source })?;
                         self.listeners.push(match endpoint {
                             Endpoint::Tls(_) => Listener::Tls(listener),
@@ -141,6 +150,28 @@ impl Bound {
             }
         }
         Ok(())
+    }
+
+    /// Another socket for `listener`, registered with the runtime of
+    /// `core`: for a configured TCP listener a new socket in its
+    /// `SO_REUSEPORT` group (the kernel spreads connections over the
+    /// group), for one the service manager passed a duplicate of the same
+    /// socket. `None` for a Unix listener, which stays on the main thread.
+    pub fn replicate(&self, listener: &Listener, core: &Handle) -> io::Result<Option<Listener>> {
+        let Some(addr) = listener.tcp_addr() else {
+            return Ok(None);
+        };
+        let socket = if self.adopted {
+            let original = listener
+                .tcp_listener()
+                .ok_or_else(|| io::Error::other("not a TCP listener"))?;
+            std::net::TcpListener::from(socket2::SockRef::from(original).try_clone()?)
+        } else {
+            bind_socket(addr, true)?
+        };
+        let _runtime = core.enter();
+        let socket = TcpListener::from_std(socket)?;
+        Ok(Some(listener.same_kind(socket)))
     }
 
     fn log_listening(&self) {
@@ -188,7 +219,20 @@ async fn bind_admin(listen: &ListenAddr) -> Result<TcpListener, ServerError> {
 }
 
 /// A listening socket, set up the way a server wants it on every platform.
-fn bind_listener(addr: SocketAddr, reuse_port: bool) -> io::Result<TcpListener> {
+/// With `group`, it is the first of a per-core `SO_REUSEPORT` group; unless
+/// `reuse_port` asked for sharing with other processes, a plain socket
+/// first checks that nobody else listens there (a second server must still
+/// fail with "address in use") and fixes the port when 0 was asked.
+fn bind_listener(addr: SocketAddr, reuse_port: bool, group: bool) -> io::Result<TcpListener> {
+    let addr = if group && !reuse_port {
+        bind_socket(addr, false)?.local_addr()?
+    } else {
+        addr
+    };
+    TcpListener::from_std(bind_socket(addr, reuse_port || group)?)
+}
+
+fn bind_socket(addr: SocketAddr, reuse_port: bool) -> io::Result<std::net::TcpListener> {
     use socket2::{Domain, Socket, Type};
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
     // Restarting must not fail on the previous run's TIME_WAIT sockets. (On
@@ -204,7 +248,7 @@ fn bind_listener(addr: SocketAddr, reuse_port: bool) -> io::Result<TcpListener> 
     socket.set_nonblocking(true)?;
     socket.bind(&addr.into())?;
     socket.listen(LISTEN_BACKLOG)?;
-    TcpListener::from_std(socket.into())
+    Ok(socket.into())
 }
 
 /// Binds a UDP socket (IPv6 sockets IPv6-only, as for TCP).

@@ -101,13 +101,28 @@ impl Listener {
 
     /// The TCP address (plain or TLS), with its real port.
     pub fn tcp_addr(&self) -> Option<SocketAddr> {
+        self.tcp_listener()?.local_addr().ok()
+    }
+
+    /// The TCP socket under a TCP, TLS, WebSocket listener.
+    pub fn tcp_listener(&self) -> Option<&TcpListener> {
         match self {
             Listener::Tcp(listener)
             | Listener::Tls(listener)
             | Listener::Ws(listener)
-            | Listener::Wss(listener) => listener.local_addr().ok(),
+            | Listener::Wss(listener) => Some(listener),
             #[cfg(unix)]
             Listener::Unix(_) => None,
+        }
+    }
+
+    /// A listener of this one's kind (not Unix) on `socket`.
+    pub fn same_kind(&self, socket: TcpListener) -> Listener {
+        match self {
+            Listener::Tls(_) => Listener::Tls(socket),
+            Listener::Ws(_) => Listener::Ws(socket),
+            Listener::Wss(_) => Listener::Wss(socket),
+            _ => Listener::Tcp(socket),
         }
     }
 

@@ -16,6 +16,7 @@ mod accept;
 pub mod admin;
 pub mod admission;
 mod bind;
+mod cores;
 pub mod echo;
 mod http;
 mod limits;
@@ -45,7 +46,10 @@ use tracing::info;
 
 pub use self::shutdown::ShutdownReport;
 use self::{admission::Gate, bind::Bound, listen::Listener, metrics::Metrics, session::Shared};
-use crate::{addr::ListenAddr, config::Config};
+use crate::{
+    addr::ListenAddr,
+    config::{Config, RuntimeShape},
+};
 
 /// A start-up or run-time failure: exit code 1.
 #[derive(Debug, thiserror::Error)]
@@ -84,6 +88,8 @@ pub struct Server {
     udp_addrs: Vec<SocketAddr>,
     metrics_addr: Option<SocketAddr>,
     config: Config,
+    /// Per-core sockets of the stream listeners, each with its core.
+    replicas: Vec<(tokio::runtime::Handle, Listener)>,
 }
 
 impl Server {
@@ -111,7 +117,31 @@ impl Server {
             udp_addrs,
             metrics_addr,
             config,
+            replicas: Vec::new(),
         })
+    }
+
+    /// Serves every TCP listener on each of `cores` too, with one socket
+    /// per core (see [`cores`]). Unix listeners, UDP and the admin endpoint
+    /// stay on the calling runtime.
+    fn spread(&mut self, cores: &[tokio::runtime::Handle]) -> Result<(), ServerError> {
+        for core in cores {
+            for listener in &self.bound.listeners {
+                let replica =
+                    self.bound
+                        .replicate(listener, core)
+                        .map_err(|source| ServerError::Bind {
+                            addr: listener
+                                .tcp_addr()
+                                .unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0))),
+                            source,
+                        })?;
+                if let Some(replica) = replica {
+                    self.replicas.push((core.clone(), replica));
+                }
+            }
+        }
+        Ok(())
     }
 
     /// The bound UDP addresses, with the real port where port 0 was asked.
@@ -160,6 +190,7 @@ impl Server {
         let Server {
             mut bound,
             mut config,
+            replicas,
             ..
         } = self;
         let metrics = bound
@@ -187,6 +218,9 @@ impl Server {
             .zip(admin.clone())
             .map(|(listener, state)| tokio::spawn(admin::serve(listener, state)));
         let (mut tasks, limiter) = start_tasks(bound, &shared, metrics, &config);
+        for (core, listener) in replicas {
+            tasks.spawn_on(accept::accept_loop(listener, shared.clone()), &core);
+        }
         systemd::notify_ready();
         let cause =
             until_shutdown(shutdown, reloader, &mut config, &shared, limiter.as_ref()).await;
@@ -315,31 +349,56 @@ pub fn run_until_signalled(
     source: Option<std::path::PathBuf>,
     load: reload::Load,
 ) -> Result<ShutdownReport, ServerError> {
-    let runtime = match config.workers {
-        1 => tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?,
-        workers => tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(workers)
-            .enable_all()
-            .build()?,
+    let (shape, workers, max_connections) =
+        (config.runtime, config.workers, config.max_connections);
+    let (runtime, cores) = match (shape, workers) {
+        (_, 1) => (
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?,
+            None,
+        ),
+        (RuntimeShape::WorkStealing, workers) => (
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(workers)
+                .enable_all()
+                .build()?,
+            None,
+        ),
+        // The main thread is core 0.
+        (RuntimeShape::PerCore, workers) => (
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?,
+            Some(cores::Cores::start(workers - 1)?),
+        ),
     };
-    runtime.block_on(async {
+    let served = runtime.block_on(async {
         let signals = signals::Signals::install()?;
         let hangups = signals::Hangups::install()?;
-        let (workers, max_connections) = (config.workers, config.max_connections);
-        let server = Server::bind(config).await?;
+        let mut server = Server::bind(config).await?;
+        if let Some(cores) = &cores {
+            server.spread(cores.handles())?;
+        }
         // Logged once bound, so a start-up failure stays one line.
         match &source {
             Some(file) => info!("configuration from {}", file.display()),
             None => info!("no config file: built-in defaults, environment and flags"),
         }
-        info!(workers, "runtime: {workers} worker thread(s)");
+        match (shape, workers) {
+            (_, 1) => info!(workers, "runtime: one thread"),
+            (shape, workers) => {
+                info!(workers, runtime = %shape, "runtime: {shape}, {workers} threads")
+            }
+        }
         limits::check_descriptor_limit(max_connections);
         let signals = tokio::sync::Mutex::new(signals);
         let first = async { signals.lock().await.recv().await };
         let second = async { signals.lock().await.recv().await };
         let reloader = reload::Reloader { hangups, load };
         Ok(server.serve(first, second, Some(reloader)).await)
-    })
+    });
+    // Every connection has ended: the cores' runtimes can stop.
+    drop(cores);
+    served
 }
