@@ -152,9 +152,19 @@ pub async fn resolve(listen: &ListenAddr) -> io::Result<Vec<SocketAddr>> {
     if let Some(addr) = listen.socket_addr() {
         return Ok(vec![addr]);
     }
-    let mut addrs: Vec<SocketAddr> = tokio::net::lookup_host((listen.host(), listen.port()))
-        .await?
-        .collect();
+    let mut addrs: Vec<SocketAddr> =
+        match tokio::net::lookup_host((listen.host(), listen.port())).await {
+            Ok(addrs) => addrs.collect(),
+            // A static binary in an empty image has no resolver configuration
+            // at all; `localhost` still means the loopback (RFC 6761, 6.3).
+            Err(_) if is_localhost(listen.host()) => {
+                vec![SocketAddr::from((
+                    std::net::Ipv4Addr::LOCALHOST,
+                    listen.port(),
+                ))]
+            }
+            Err(error) => return Err(error),
+        };
     // A resolver may list an address more than once; bind each once.
     addrs.dedup();
     if addrs.is_empty() {
@@ -164,4 +174,10 @@ pub async fn resolve(listen: &ListenAddr) -> io::Result<Vec<SocketAddr>> {
         ));
     }
     Ok(addrs)
+}
+
+/// `localhost` and names under it (RFC 6761): always the loopback.
+fn is_localhost(host: &str) -> bool {
+    let host = host.trim_end_matches('.').to_ascii_lowercase();
+    host == "localhost" || host.ends_with(".localhost")
 }

@@ -188,7 +188,11 @@ pub async fn connect_tls(
 /// Connects to `addr` (every resolved address in turn) within `timeout`.
 pub async fn connect(addr: &ListenAddr, timeout: Duration) -> Result<TcpStream, ClientError> {
     let failed = |why: String| ClientError::Failed(format!("cannot connect to {addr}: {why}"));
-    let stream = tokio::time::timeout(timeout, TcpStream::connect((addr.host(), addr.port())))
+    let connecting = async {
+        let addrs = crate::addr::resolve(addr).await?;
+        TcpStream::connect(&addrs[..]).await
+    };
+    let stream = tokio::time::timeout(timeout, connecting)
         .await
         .map_err(|_| failed(format!("timed out after {}s", timeout.as_secs_f64())))?
         .map_err(|error| failed(error.to_string()))?;
@@ -201,10 +205,7 @@ pub async fn connect(addr: &ListenAddr, timeout: Duration) -> Result<TcpStream, 
 /// A client's UDP socket, connected to the first address `addr` resolves
 /// to (the client and the load generator share it).
 pub async fn udp_connect(addr: &ListenAddr) -> std::io::Result<UdpSocket> {
-    let target = tokio::net::lookup_host((addr.host(), addr.port()))
-        .await?
-        .next()
-        .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::NotFound, "no address found"))?;
+    let target = crate::addr::resolve(addr).await?[0];
     let local = if target.is_ipv6() {
         "[::]:0"
     } else {

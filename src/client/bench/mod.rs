@@ -311,11 +311,9 @@ async fn start_chaos(plan: &Plan) -> Result<Option<Chaos>, ClientError> {
     let (Endpoint::Tcp(addr), Some(per_kind)) = (&plan.target.endpoint, plan.chaos) else {
         return Ok(None);
     };
-    let target = tokio::net::lookup_host((addr.host(), addr.port()))
+    let target = crate::addr::resolve(addr)
         .await
-        .ok()
-        .and_then(|mut addrs| addrs.next())
-        .ok_or_else(|| ClientError::Failed(format!("cannot resolve {addr}")))?;
+        .map_err(|error| ClientError::Failed(format!("cannot resolve {addr}: {error}")))?[0];
     Ok(Some(Chaos::start(target, per_kind)))
 }
 
