@@ -97,6 +97,8 @@ pub enum Endpoint {
     Ws(ListenAddr),
     /// The same over TLS: `wss:HOST:PORT`.
     Wss(ListenAddr),
+    /// QUIC v1 over UDP, every bidirectional stream an echo: `quic:HOST:PORT`.
+    Quic(ListenAddr),
 }
 
 impl FromStr for Endpoint {
@@ -111,8 +113,9 @@ impl FromStr for Endpoint {
             )),
             None => {
                 type Scheme = (&'static str, fn(ListenAddr) -> Endpoint);
-                let schemes: [Scheme; 3] = [
+                let schemes: [Scheme; 4] = [
                     ("tls:", Endpoint::Tls),
+                    ("quic:", Endpoint::Quic),
                     ("wss:", Endpoint::Wss),
                     ("ws:", Endpoint::Ws),
                 ];
@@ -130,7 +133,10 @@ impl FromStr for Endpoint {
 impl Endpoint {
     /// Whether connections to it start with a TLS handshake.
     pub fn is_tls(&self) -> bool {
-        matches!(self, Endpoint::Tls(_) | Endpoint::Wss(_))
+        matches!(
+            self,
+            Endpoint::Tls(_) | Endpoint::Wss(_) | Endpoint::Quic(_)
+        )
     }
 }
 
@@ -142,6 +148,7 @@ impl fmt::Display for Endpoint {
             Endpoint::Tls(addr) => write!(f, "tls:{addr}"),
             Endpoint::Ws(addr) => write!(f, "ws:{addr}"),
             Endpoint::Wss(addr) => write!(f, "wss:{addr}"),
+            Endpoint::Quic(addr) => write!(f, "quic:{addr}"),
         }
     }
 }

@@ -20,25 +20,12 @@ use tokio::{
 /// A Python with `websockets` (Debian's `python3-websockets` is for
 /// /usr/bin/python3; `.ci/run` installs it). Skips loudly elsewhere, never
 /// under CI.
-fn python() -> Option<&'static str> {
-    for candidate in ["/usr/bin/python3", "python3"] {
-        let found = Command::new(candidate)
-            .args(["-c", "import websockets"])
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|status| status.success());
-        if found {
-            return Some(candidate);
-        }
-    }
-    assert!(
-        std::env::var_os("CI").is_none(),
-        "python3-websockets is not installed (.ci/run installs it)"
-    );
-    eprintln!(
-        "SKIPPING: no Python with the websockets module (apt-get install python3-websockets)"
-    );
-    None
+fn python() -> Option<String> {
+    common::python_with(
+        "websockets",
+        &["/usr/bin/python3", "python3"],
+        "apt-get install python3-websockets",
+    )
 }
 
 fn curl() -> Option<&'static str> {
@@ -97,7 +84,7 @@ async def main():
         await ws.close(code=4000, reason="bye")
         print(ws.close_code)
 "#;
-    let out = run_python(python, format!("ws://{}/any/path", server.addr()), script).await;
+    let out = run_python(&python, format!("ws://{}/any/path", server.addr()), script).await;
     assert_eq!(out.trim(), "4000", "the close code came back");
     server.shutdown().await;
 }
@@ -117,7 +104,7 @@ async def main():
         except websockets.ConnectionClosed as closed:
             print(closed.rcvd.code)
 "#;
-    let out = run_python(python, format!("ws://{}/", server.addr()), script).await;
+    let out = run_python(&python, format!("ws://{}/", server.addr()), script).await;
     assert_eq!(out.trim(), "1009");
     server.shutdown().await;
 }
@@ -138,7 +125,7 @@ async def main():
     done = await asyncio.gather(*(client(i) for i in range(200)))
     print(sum(done))
 "#;
-    let out = run_python(python, format!("ws://{}/", server.addr()), script).await;
+    let out = run_python(&python, format!("ws://{}/", server.addr()), script).await;
     assert_eq!(out.trim(), "200");
     server.shutdown().await;
 }
@@ -389,7 +376,7 @@ async def main():
         except websockets.ConnectionClosed as closed:
             print(closed.rcvd.code)
 "#;
-    let out = run_python(python, format!("ws://{}/", server.addr()), script).await;
+    let out = run_python(&python, format!("ws://{}/", server.addr()), script).await;
     assert_eq!(
         out.trim(),
         "1001",
@@ -420,7 +407,7 @@ async def main():
         print(await ws.recv())
 "#
         );
-        let out = run_python(python, format!("wss://localhost:{port}/"), &script).await;
+        let out = run_python(&python, format!("wss://localhost:{port}/"), &script).await;
         assert_eq!(out.trim(), "secret");
     }
     if let Some(curl) = curl() {

@@ -118,6 +118,12 @@ impl Target {
                 let tls = self.tls.clone().expect("set up for tls:");
                 Ok(Conn::Tls(Box::new(connect_tls(addr, tls, timeout).await?)))
             }
+            Endpoint::Quic(addr) => {
+                let tls = self.tls.as_ref().expect("set up for quic:");
+                Ok(Conn::Quic(Box::new(
+                    super::quic::connect(addr, tls, timeout).await?,
+                )))
+            }
         }
     }
 }
@@ -131,19 +137,21 @@ pub enum Conn {
     Udp(UdpSocket),
     /// A WebSocket, handshake done.
     WebSocket(super::websocket::WsConn),
+    /// One stream of a QUIC connection.
+    Quic(Box<super::quic::QuicConn>),
 }
 
 /// TLS settings for a `tls:` or `wss:` address (and a loud warning for
 /// `--tls-insecure`); TLS flags with another address are a usage error.
 fn tls_setup(endpoint: &Endpoint, args: &ClientTlsArgs) -> Result<Option<TlsTarget>, ClientError> {
-    let (Endpoint::Tls(addr) | Endpoint::Wss(addr)) = endpoint else {
+    let (Endpoint::Tls(addr) | Endpoint::Wss(addr) | Endpoint::Quic(addr)) = endpoint else {
         let given = args.tls_ca.is_some()
             || args.tls_cert.is_some()
             || args.tls_server_name.is_some()
             || args.tls_insecure;
         return if given {
             Err(ClientError::Usage(
-                "--tls-* options need a tls:HOST:PORT or wss:// address".into(),
+                "--tls-* options need a tls:HOST:PORT, quic:HOST:PORT or wss:// address".into(),
             ))
         } else {
             Ok(None)

@@ -9,6 +9,7 @@ pub mod bench;
 pub mod chaos;
 pub mod connect;
 pub mod interactive;
+pub mod quic;
 mod rng;
 pub mod websocket;
 
@@ -124,7 +125,7 @@ pub fn run(args: ClientArgs) -> Result<(), ClientError> {
         // line of any size the framing can express.
         let codec = EchoCodec::new(framing, MAX_FRAME_LENGTH_LIMIT);
         let (input, output) = (tokio::io::stdin(), tokio::io::stdout());
-        match target.open(timeout).await? {
+        let exchanged = match target.open(timeout).await? {
             Conn::Udp(socket) => {
                 interactive::udp_exchange(&target.endpoint, socket, input, output, timeout).await
             }
@@ -144,7 +145,13 @@ pub fn run(args: ClientArgs) -> Result<(), ClientError> {
             Conn::WebSocket(ws) => {
                 websocket::exchange(ws, input, output, args.binary, timeout).await
             }
-        }
+            Conn::Quic(stream) => {
+                let (from_server, to_server) = tokio::io::split(*stream);
+                interactive::exchange(from_server, to_server, input, output, codec, timeout).await
+            }
+        };
+        quic::finish_closing().await;
+        exchanged
     });
     // A blocking read of an interactive stdin may still be waiting: do not
     // wait for it on the way out.

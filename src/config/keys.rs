@@ -374,6 +374,41 @@ pub static KEYS: &[Key] = &[
         },
     },
     Key {
+        name: "quic_alpn",
+        value_name: "LIST",
+        help: "ALPN protocols quic: listeners accept (comma-separated or repeated); \
+               a client offering none of them is refused in the handshake [default: echo]",
+        default: Builtin::Text("echo"),
+        choices: &[],
+        list: true,
+        set: |c, v| {
+            // `--quic-alpn echo,h3` as well as repeated flags.
+            let alpn: Vec<String> = v
+                .list()?
+                .iter()
+                .flat_map(|item| item.split(','))
+                .map(|item| item.trim().to_owned())
+                .collect();
+            if alpn.is_empty() {
+                return Err("needs at least one protocol".into());
+            }
+            if let Some(bad) = alpn.iter().find(|p| p.is_empty() || p.len() > 255) {
+                return Err(format!("{bad:?} is not an ALPN protocol (1 to 255 bytes)"));
+            }
+            store(&mut c.quic_alpn, alpn)
+        },
+    },
+    Key {
+        name: "quic_max_streams",
+        value_name: "N",
+        help: "Bidirectional streams one QUIC connection may have open at once (the \
+               stream credit given to the client) [default: 100]",
+        default: Builtin::Text("100"),
+        choices: &[],
+        list: false,
+        set: |c, v| store(&mut c.quic_max_streams, v.integer(1, 100_000)?),
+    },
+    Key {
         name: "admin",
         value_name: "ADDR",
         help: "Serve the admin endpoint over HTTP at ADDR (HOST:PORT): /metrics \

@@ -183,6 +183,10 @@ pub struct Config {
     pub tls: TlsFiles,
     /// How long a TLS handshake may take.
     pub tls_handshake_timeout: Duration,
+    /// ALPN protocols `quic:` listeners accept.
+    pub quic_alpn: Vec<String>,
+    /// Bidirectional streams a QUIC client may have open at once.
+    pub quic_max_streams: usize,
 }
 
 impl Default for Config {
@@ -216,6 +220,8 @@ impl Default for Config {
             proxy_trusted: Vec::new(),
             admin: None,
             drain_delay: Duration::ZERO,
+            quic_alpn: Vec::new(),
+            quic_max_streams: 0,
             tls: TlsFiles::default(),
             tls_handshake_timeout: Duration::ZERO,
         };
@@ -289,7 +295,7 @@ impl Config {
             }
             (None, cert, key) if cert.is_some() || key.is_some() || self.tls.client_ca.is_some() => {
                 warnings.push(
-                    "tls_cert, tls_key and tls_client_ca are unused: no tls: or wss: listener \
+                    "tls_cert, tls_key and tls_client_ca are unused: no tls:, wss: or quic: listener \
                      (unless socket activation passes a socket named tls)"
                         .into(),
                 );
@@ -344,6 +350,11 @@ impl Config {
             ("proxy_protocol", self.proxy_protocol != new.proxy_protocol),
             ("proxy_trusted", self.proxy_trusted != new.proxy_trusted),
             ("admin", self.admin != new.admin),
+            ("quic_alpn", self.quic_alpn != new.quic_alpn),
+            (
+                "quic_max_streams",
+                self.quic_max_streams != new.quic_max_streams,
+            ),
         ];
         differs
             .into_iter()
@@ -782,6 +793,7 @@ mod tests {
                 "reuse_port" => "true",
                 "proxy_protocol" => "v2",
                 "proxy_trusted" => "10.0.0.0/8",
+                "quic_alpn" => "h3",
                 name if name.starts_with("tls_") && !name.ends_with("timeout") => "/some.pem",
                 _ => "7",
             };

@@ -65,6 +65,13 @@ impl Gate {
         self.max_per_ip.store(max, Ordering::Relaxed);
     }
 
+    /// Whether `ip` holds its `max_connections_per_ip` already (never with
+    /// no limit). A hint for QUIC's Retry; the claim decides.
+    pub fn ip_is_full(&self, ip: IpAddr) -> bool {
+        let max = self.max_per_ip.load(Ordering::Relaxed);
+        max != 0 && lock(&self.per_ip).get(&ip).is_some_and(|open| *open >= max)
+    }
+
     /// A connection was accepted: it counts as open from now until its
     /// guard drops.
     pub fn arrive(self: &Arc<Self>, kind: ListenerKind) -> Admission {
@@ -193,7 +200,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_task_that_panics_gives_back_its_permit_slot_and_gauge() {
-        let metrics = Arc::new(Metrics::new(false));
+        let metrics = Arc::new(Metrics::new(false, false));
         let gate = Arc::new(Gate::new(1, 1, Some(metrics.clone())));
         let ip: IpAddr = "192.0.2.1".parse().unwrap();
         let mut admission = gate.arrive(ListenerKind::Tcp);

@@ -34,6 +34,8 @@ const LISTEN_BACKLOG: i32 = 4096;
 pub struct Bound {
     pub listeners: Vec<Listener>,
     pub udp: Vec<UdpSocket>,
+    /// `quic:` listeners.
+    pub quic: Vec<quinn::Endpoint>,
     /// The admin endpoint's listener, when on.
     pub admin: Option<TcpListener>,
     /// For `tls:` listeners.
@@ -61,6 +63,7 @@ impl Bound {
         let mut bound = Bound {
             listeners: Vec::new(),
             udp: Vec::new(),
+            quic: Vec::new(),
             admin: None,
             tls,
             adopted: !inherited.is_empty(),
@@ -119,6 +122,20 @@ impl Bound {
                             Endpoint::Wss(_) => Listener::Wss(listener),
                             _ => Listener::Tcp(listener),
                         });
+                    }
+                }
+                Endpoint::Quic(listen) => {
+                    let mut warnings = Vec::new();
+                    let server = super::quic::server_config(config, &mut warnings)?;
+                    for warning in warnings {
+                        warn!("{warning}");
+                    }
+                    for addr in resolved(listen).await? {
+                        let endpoint = bind_udp(addr, config.reuse_port)
+                            .and_then(|socket| socket.into_std())
+                            .and_then(|socket| super::quic::endpoint(socket, server.clone()))
+                            .map_err(|source| ServerError::BindUdp { addr, source })?;
+                        self.quic.push(endpoint);
                     }
                 }
                 #[cfg(unix)]
@@ -185,6 +202,9 @@ impl Bound {
             .filter_map(|socket| socket.local_addr().ok())
         {
             info!(address = %format!("udp:{addr}"), "listening on udp:{addr}");
+        }
+        for addr in self.quic.iter().filter_map(|e| e.local_addr().ok()) {
+            info!(address = %format!("quic:{addr}"), "listening on quic:{addr}");
         }
     }
 }

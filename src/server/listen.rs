@@ -26,15 +26,17 @@ pub enum ListenerKind {
     Unix,
     Ws,
     Wss,
+    Quic,
 }
 
 impl ListenerKind {
-    pub const ALL: [ListenerKind; 5] = [
+    pub const ALL: [ListenerKind; 6] = [
         ListenerKind::Tcp,
         ListenerKind::Tls,
         ListenerKind::Unix,
         ListenerKind::Ws,
         ListenerKind::Wss,
+        ListenerKind::Quic,
     ];
 
     pub fn label(self) -> &'static str {
@@ -44,6 +46,7 @@ impl ListenerKind {
             ListenerKind::Unix => "unix",
             ListenerKind::Ws => "ws",
             ListenerKind::Wss => "wss",
+            ListenerKind::Quic => "quic",
         }
     }
 }

@@ -120,12 +120,16 @@ pub struct Metrics {
     duration: Histogram,
     udp_echoed: Counter,
     udp_dropped: [Counter; DropReason::ALL.len()],
+    quic_streams: Counter,
+    quic_datagrams: Counter,
+    quic_lost_packets: Counter,
 }
 
 impl Metrics {
     /// Registers every metric; the UDP ones only when `udp` (the server has
-    /// UDP listeners), so a scrape shows what exists.
-    pub fn new(udp: bool) -> Metrics {
+    /// UDP listeners) and the QUIC ones only with `quic`, so a scrape shows
+    /// what exists.
+    pub fn new(udp: bool, quic: bool) -> Metrics {
         let families = Families::default();
         let shared = EchoCounters::default();
         let kind_series = |family: &Family<Labels, Counter>, kind: ListenerKind| {
@@ -154,8 +158,14 @@ impl Metrics {
             udp_echoed: Counter::default(),
             udp_dropped: DropReason::ALL
                 .map(|r| series(&families.udp_dropped, "reason", r.label())),
+            quic_streams: Counter::default(),
+            quic_datagrams: Counter::default(),
+            quic_lost_packets: Counter::default(),
         };
         metrics.register(&families, udp);
+        if quic {
+            metrics.register_quic();
+        }
         metrics
     }
 
@@ -229,6 +239,28 @@ impl Metrics {
         }
     }
 
+    fn register_quic(&mut self) {
+        let registry = &mut self.registry;
+        add!(
+            registry,
+            "quic_streams",
+            "QUIC bidirectional streams opened by clients",
+            self.quic_streams
+        );
+        add!(
+            registry,
+            "quic_datagrams_echoed",
+            "QUIC datagrams (RFC 9221) echoed",
+            self.quic_datagrams
+        );
+        add!(
+            registry,
+            "quic_lost_packets",
+            "Packets quinn declared lost, over closed QUIC connections",
+            self.quic_lost_packets
+        );
+    }
+
     /// The series labelled by listener kind, close code and HTTP status.
     fn register_by_kind(registry: &mut Registry, families: &Families) {
         add!(
@@ -294,6 +326,18 @@ impl Metrics {
     pub fn closed(&self, reason: &CloseReason, lifetime: Duration) {
         self.closed[reason.index()].inc();
         self.duration.observe(lifetime.as_secs_f64());
+    }
+
+    pub fn quic_stream(&self) {
+        self.quic_streams.inc();
+    }
+
+    pub fn quic_datagram(&self) {
+        self.quic_datagrams.inc();
+    }
+
+    pub fn quic_lost_packets(&self, lost: u64) {
+        self.quic_lost_packets.inc_by(lost);
     }
 
     pub fn udp_echoed(&self) {

@@ -23,6 +23,7 @@ mod limits;
 pub mod listen;
 pub mod metrics;
 pub mod proxy;
+mod quic;
 pub mod reason;
 pub mod reload;
 mod session;
@@ -193,37 +194,25 @@ impl Server {
             replicas,
             ..
         } = self;
-        let metrics = bound
-            .admin
-            .as_ref()
-            .map(|_| Arc::new(Metrics::new(!bound.udp.is_empty())));
-        let admin = metrics
-            .clone()
-            .map(|metrics| Arc::new(admin::AdminState::new(metrics)));
-        let gate = Gate::new(
-            config.max_connections,
-            config.max_connections_per_ip,
-            metrics.clone(),
-        );
-        let shared = Arc::new(Shared::new(
-            reload::live(&config, bound.tls.clone()),
-            Arc::new(gate),
-            config.tcp_nodelay,
-            config.proxy_protocol,
-            config.proxy_trusted.clone(),
-        ));
+        let (shared, metrics, admin) = shared_state(&config, &bound);
         let admin_task = bound
             .admin
             .take()
             .zip(admin.clone())
             .map(|(listener, state)| tokio::spawn(admin::serve(listener, state)));
+        let quic = bound.quic.clone();
         let (mut tasks, limiter) = start_tasks(bound, &shared, metrics, &config);
         for (core, listener) in replicas {
             tasks.spawn_on(accept::accept_loop(listener, shared.clone()), &core);
         }
         systemd::notify_ready();
-        let cause =
-            until_shutdown(shutdown, reloader, &mut config, &shared, limiter.as_ref()).await;
+        let cause = until_shutdown(
+            shutdown,
+            reloader,
+            &mut config,
+            (&shared, limiter.as_ref(), &quic),
+        )
+        .await;
         systemd::notify_stopping();
         if let Some(admin) = &admin {
             admin.not_ready();
@@ -248,6 +237,7 @@ impl Server {
             }
             None => shared.coordinator.finish(grace, cut_now).await,
         };
+        quic::closed(&quic).await;
         if let Some(task) = admin_task {
             task.abort();
         }
@@ -256,13 +246,48 @@ impl Server {
     }
 }
 
+/// What every task of a server shares: the gate, the live settings, the
+/// coordinator; and the metrics and admin state when the admin endpoint is on.
+fn shared_state(
+    config: &Config,
+    bound: &Bound,
+) -> (
+    Arc<Shared>,
+    Option<Arc<Metrics>>,
+    Option<Arc<admin::AdminState>>,
+) {
+    let metrics = bound
+        .admin
+        .as_ref()
+        .map(|_| Arc::new(Metrics::new(!bound.udp.is_empty(), !bound.quic.is_empty())));
+    let admin = metrics
+        .clone()
+        .map(|metrics| Arc::new(admin::AdminState::new(metrics)));
+    let gate = Gate::new(
+        config.max_connections,
+        config.max_connections_per_ip,
+        metrics.clone(),
+    );
+    let shared = Arc::new(Shared::new(
+        reload::live(config, bound.tls.clone()),
+        Arc::new(gate),
+        config.tcp_nodelay,
+        config.proxy_protocol,
+        config.proxy_trusted.clone(),
+    ));
+    (shared, metrics, admin)
+}
+
 /// Waits for the shutdown signal; meanwhile each SIGHUP reloads `config`.
 async fn until_shutdown<F, S>(
     shutdown: F,
     mut reloader: Option<reload::Reloader>,
     config: &mut Config,
-    shared: &Shared,
-    limiter: Option<&Arc<Mutex<udp::Limiter>>>,
+    (shared, limiter, quic): (
+        &Shared,
+        Option<&Arc<Mutex<udp::Limiter>>>,
+        &[quinn::Endpoint],
+    ),
 ) -> S
 where
     F: Future<Output = S>,
@@ -279,7 +304,7 @@ where
             cause = &mut shutdown => return cause,
             () = hangup => {
                 if let Some(reloader) = &mut reloader {
-                    reload::reload(config, &mut reloader.load, shared, limiter);
+                    reload::reload(config, &mut reloader.load, shared, limiter, quic);
                 }
             }
         }
@@ -320,6 +345,9 @@ fn start_tasks(
     let mut tasks = JoinSet::new();
     for listener in bound.listeners {
         tasks.spawn(accept::accept_loop(listener, shared.clone()));
+    }
+    for endpoint in bound.quic {
+        tasks.spawn(quic::accept_loop(endpoint, shared.clone()));
     }
     let limiter = (!bound.udp.is_empty()).then(|| {
         let limiter = udp::Limiter::new(config.udp_limits.clone(), Instant::now());

@@ -1,7 +1,7 @@
 //! SIGHUP: re-read the configuration and apply what can change without a
 //! restart to connections that start from now on: the log level, the
 //! timeouts, the per-IP limit, the UDP rates and the TLS certificate, key
-//! and client CA. Settings that need a restart are named in a WARN and
+//! and client CA (for `tls:`, `wss:` and `quic:`). Settings that need a restart are named in a WARN and
 //! keep their running values; a configuration that fails validation is
 //! refused with an ERROR and the running one stays. SIGHUP never stops
 //! the server.
@@ -53,6 +53,7 @@ pub fn reload(
     load: &mut Load,
     shared: &Shared,
     limiter: Option<&Arc<Mutex<Limiter>>>,
+    quic: &[quinn::Endpoint],
 ) {
     let (loaded, warnings) = match load() {
         Ok(loaded) => loaded,
@@ -78,6 +79,19 @@ pub fn reload(
         },
         None => None,
     };
+    // QUIC too: new handshakes get the new files and timeouts.
+    let quic_config = if quic.is_empty() {
+        None
+    } else {
+        let mut warnings = Vec::new();
+        match super::quic::server_config(&next, &mut warnings) {
+            Ok(config) => Some(config),
+            Err(problem) => {
+                error!("SIGHUP: configuration not reloaded: {problem}; the running configuration stays");
+                return;
+            }
+        }
+    };
     if let Err(problem) = crate::logging::set_level(&next.log_level) {
         error!("SIGHUP: configuration not reloaded: log_level: {problem}");
         return;
@@ -90,6 +104,11 @@ pub fn reload(
         );
     }
     shared.set_live(live(&next, tls));
+    if let Some(config) = quic_config {
+        for endpoint in quic {
+            endpoint.set_server_config(Some(config.clone()));
+        }
+    }
     shared.gate.set_max_per_ip(next.max_connections_per_ip);
     if let Some(limiter) = limiter {
         limiter

@@ -478,3 +478,28 @@ pub fn peer(program: &str, probe: &[&str], package: &str) -> bool {
     }
     found
 }
+
+/// The first of `pythons` that can `import module` (an independent peer
+/// written in Python). Without one a test skips with a loud message on a
+/// developer machine, and fails under CI, where `.ci/run` installs it
+/// (`install` says how).
+#[allow(dead_code)]
+pub fn python_with(module: &str, pythons: &[&str], install: &str) -> Option<String> {
+    for python in pythons {
+        let found = Command::new(python)
+            .args(["-c", &format!("import {module}")])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|status| status.success());
+        if found {
+            return Some((*python).to_owned());
+        }
+    }
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "no Python with {module} (.ci/run installs it: {install})"
+    );
+    eprintln!("SKIPPING: no Python with {module} ({install})");
+    None
+}

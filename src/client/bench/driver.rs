@@ -147,6 +147,7 @@ async fn reconnect_loop(
                 Conn::Tls(stream) => exchange!(stream),
                 #[cfg(unix)]
                 Conn::Unix(stream) => exchange!(stream),
+                Conn::Quic(stream) => exchange!(stream),
                 Conn::Udp(_) | Conn::WebSocket(_) => {
                     unreachable!("--reconnect is refused with --udp and WebSocket addresses")
                 }
@@ -200,16 +201,20 @@ impl BenchStream for tokio::net::UnixStream {
     }
 }
 
+/// One `poll_write` that does not wait: `WouldBlock` where it would.
+fn write_now<S: tokio::io::AsyncWrite + Unpin>(stream: &mut S, buf: &[u8]) -> io::Result<usize> {
+    let mut cx = Context::from_waker(std::task::Waker::noop());
+    match Pin::new(stream).poll_write(&mut cx, buf) {
+        Poll::Ready(result) => result,
+        Poll::Pending => Err(io::ErrorKind::WouldBlock.into()),
+    }
+}
+
 impl BenchStream for crate::tls::ClientStream<TcpStream> {
     fn try_write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        use tokio::io::AsyncWrite;
         // Encrypts into the session and writes what the socket takes; the
         // real waker is registered by `poll_write_ready`.
-        let mut cx = Context::from_waker(std::task::Waker::noop());
-        match Pin::new(self).poll_write(&mut cx, buf) {
-            Poll::Ready(result) => result,
-            Poll::Pending => Err(io::ErrorKind::WouldBlock.into()),
-        }
+        write_now(self, buf)
     }
     fn poll_write_ready(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         use tokio::io::AsyncWrite;
@@ -217,6 +222,18 @@ impl BenchStream for crate::tls::ClientStream<TcpStream> {
     }
     fn wants_flush(&self) -> bool {
         self.get_ref().1.wants_write()
+    }
+}
+
+impl BenchStream for crate::client::quic::QuicConn {
+    fn try_write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        // Into quinn's send buffer; it would wait only on flow control.
+        write_now(self, buf)
+    }
+    fn poll_write_ready(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        use tokio::io::AsyncWrite;
+        // An empty write registers the waker when flow control blocks.
+        Pin::new(self).poll_write(cx, &[]).map_ok(|_| ())
     }
 }
 
@@ -418,6 +435,9 @@ pub fn spawn_all(
                 #[cfg(unix)]
                 Conn::Unix(stream) => tokio::task::spawn_local(
                     Driver::new(stream, plan, codec, pattern, tally, index).run(),
+                ),
+                Conn::Quic(stream) => tokio::task::spawn_local(
+                    Driver::new(*stream, plan, codec, pattern, tally, index).run(),
                 ),
                 Conn::Udp(socket) => tokio::task::spawn_local(
                     super::udp::UdpDriver::new(socket, plan, pattern, tally, index).run(),

@@ -200,8 +200,15 @@ pub fn run(args: BenchArgs) -> Result<(), ClientError> {
         .build()
         .map_err(|error| ClientError::Failed(format!("cannot start: {error}")))?;
     let show_progress = !args.json && io::stderr().is_terminal();
-    let (report, histogram, first_errors) =
-        runtime.block_on(tokio::task::LocalSet::new().run_until(measure(&plan, show_progress)))?;
+    let (report, histogram, first_errors) = runtime.block_on(async {
+        let local = tokio::task::LocalSet::new();
+        let measured = local.run_until(measure(&plan, show_progress)).await;
+        // Dropping the connections closes them; QUIC's closes still have
+        // to be sent.
+        drop(local);
+        crate::client::quic::finish_closing().await;
+        measured
+    })?;
 
     if let Some(path) = &args.hist {
         write_histogram(path, &histogram).map_err(|error| {

@@ -1,0 +1,285 @@
+//! QUIC echo against an independent stack: aioquic (Python; `.ci/run`
+//! installs it into target/ci-venv), driven by tests/quic_peer.py, and
+//! the bundled client.
+
+mod common;
+
+use std::{
+    io::{BufRead, BufReader},
+    net::SocketAddr,
+    process::{Command, Stdio},
+};
+
+use common::{pki::Pki, ServerProcess};
+use serde_json::Value;
+
+const PEER: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/quic_peer.py");
+
+/// The venv's Python when it has aioquic; skips loudly elsewhere, never
+/// under CI.
+fn aioquic() -> Option<String> {
+    let venv = concat!(env!("CARGO_MANIFEST_DIR"), "/target/ci-venv/bin/python");
+    let chosen = std::env::var("ECHOD_AIOQUIC_PYTHON").unwrap_or_else(|_| venv.to_owned());
+    common::python_with(
+        "aioquic",
+        &[&chosen],
+        "python3 -m venv target/ci-venv && target/ci-venv/bin/pip install aioquic",
+    )
+}
+
+/// The server with a `quic:` listener on port 0 and `extra` flags.
+fn quic_server(pki: &Pki, extra: &[&str]) -> (ServerProcess, SocketAddr) {
+    let (cert, key) = (pki.arg("server.pem"), pki.arg("server-key.pem"));
+    let mut args = vec![
+        "--listen",
+        "quic:127.0.0.1:0",
+        "--tls-cert",
+        &cert,
+        "--tls-key",
+        &key,
+        "--log-level",
+        "debug",
+    ];
+    args.extend_from_slice(extra);
+    let mut server = ServerProcess::spawn(&args, &[]);
+    let line = server.wait_for("listening on quic:");
+    let addr = line
+        .split("listening on quic:")
+        .nth(1)
+        .and_then(|rest| rest.split(|c: char| c.is_whitespace() || c == '"').next())
+        .and_then(|addr| addr.parse().ok())
+        .unwrap_or_else(|| panic!("no address in {line}"));
+    (server, addr)
+}
+
+fn peer_command(python: &str, pki: &Pki, addr: SocketAddr, scenario: &str) -> Command {
+    let mut command = Command::new(python);
+    command
+        .arg(PEER)
+        .arg(addr.ip().to_string())
+        .arg(addr.port().to_string())
+        .arg(pki.arg("ca.pem"))
+        .arg(scenario);
+    command
+}
+
+/// Runs one scenario of the aioquic peer to its end; its JSON result.
+fn scenario(python: &str, pki: &Pki, addr: SocketAddr, name: &str) -> Value {
+    let output = peer_command(python, pki, addr, name).output().unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{name}: {stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_str(stdout.lines().last().unwrap_or_default())
+        .unwrap_or_else(|error| panic!("{name}: {error}: {stdout}"))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[test]
+fn aioquic_lines_with_crlf_non_utf8_and_a_final_unterminated_line_come_back_exactly() {
+    let Some(python) = aioquic() else { return };
+    let pki = Pki::new();
+    let (_server, addr) = quic_server(&pki, &[]);
+    let result = scenario(&python, &pki, addr, "lines");
+    assert_eq!(result["echoed"], result["sent"], "{result}");
+    assert_eq!(result["finished"], true, "{result}");
+}
+
+#[test]
+fn aioquic_a_frame_over_the_limit_ends_its_stream_while_the_others_go_on() {
+    let Some(python) = aioquic() else { return };
+    let pki = Pki::new();
+    let (mut server, addr) = quic_server(&pki, &["--max-frame-length", "64"]);
+    let result = scenario(&python, &pki, addr, "frame_limit");
+    // The frame before the long one is echoed, then the stream ends.
+    assert_eq!(result["long"], hex(b"fits\n"), "{result}");
+    assert!(
+        result["long_finished"] == true || result["long_reset"] == true,
+        "{result}"
+    );
+    assert_eq!(result["other"], hex(b"other stream\n"), "{result}");
+    assert_eq!(result["after"], hex(b"still served\n"), "{result}");
+    server.wait_for("frame too long");
+}
+
+#[test]
+fn aioquic_50_concurrent_streams_and_50_connections_are_all_echoed() {
+    let Some(python) = aioquic() else { return };
+    let pki = Pki::new();
+    let (_server, addr) = quic_server(&pki, &[]);
+    let streams = scenario(&python, &pki, addr, "streams");
+    assert_eq!(streams["all_equal"], true, "{streams}");
+    assert_eq!(streams["count"], 50, "{streams}");
+    let connections = scenario(&python, &pki, addr, "connections");
+    assert_eq!(connections["ok"], 50, "{connections}");
+}
+
+#[test]
+fn aioquic_datagrams_come_back_identical_and_uni_streams_are_stopped() {
+    let Some(python) = aioquic() else { return };
+    let pki = Pki::new();
+    let (_server, addr) = quic_server(&pki, &[]);
+    let datagrams = scenario(&python, &pki, addr, "datagrams");
+    assert_eq!(datagrams["same"], true, "{datagrams}");
+    let uni = scenario(&python, &pki, addr, "uni");
+    assert_eq!(uni["stopped"], true, "{uni}");
+    assert_eq!(uni["echoed"], hex(b"bidi still works\n"), "{uni}");
+}
+
+#[test]
+fn aioquic_offering_only_h3_is_refused_in_the_handshake() {
+    let Some(python) = aioquic() else { return };
+    let pki = Pki::new();
+    let (mut server, addr) = quic_server(&pki, &[]);
+    let result = scenario(&python, &pki, addr, "alpn");
+    assert_eq!(result["connected"], false, "{result}");
+    server.wait_for("QUIC handshake with");
+    // With h3 allowed, the same client gets in.
+    let (_h3, h3_addr) = quic_server(&pki, &["--quic-alpn", "echo,h3"]);
+    let result = scenario(&python, &pki, h3_addr, "alpn");
+    assert_eq!(result["connected"], true, "{result}");
+}
+
+#[test]
+fn aioquic_a_second_connection_over_the_per_ip_limit_is_retried_then_refused() {
+    let Some(python) = aioquic() else { return };
+    let pki = Pki::new();
+    let (mut server, addr) = quic_server(&pki, &["--max-connections-per-ip", "1"]);
+    let result = scenario(&python, &pki, addr, "per_ip");
+    assert_eq!(result["first"], hex(b"first\n"), "{result}");
+    assert_eq!(result["second_refused"], true, "{result}");
+    // Once the first has gone, its slot is free again.
+    assert_eq!(result["third"], hex(b"third\n"), "{result}");
+    server.wait_for("refused: over the per-IP connection limit");
+}
+
+#[test]
+fn aioquic_raw_framing_echoes_1_mib_byte_for_byte() {
+    let Some(python) = aioquic() else { return };
+    let pki = Pki::new();
+    let (_server, addr) = quic_server(&pki, &["--framing", "raw"]);
+    let result = scenario(&python, &pki, addr, "raw");
+    assert_eq!(result["equal"], true, "{result}");
+    assert_eq!(result["len"], 1 << 20, "{result}");
+}
+
+#[test]
+fn aioquic_an_idle_connection_ends_at_the_idle_timeout() {
+    let Some(python) = aioquic() else { return };
+    let pki = Pki::new();
+    let (mut server, addr) = quic_server(&pki, &["--idle-timeout", "0.5"]);
+    let result = scenario(&python, &pki, addr, "idle");
+    let after = result["terminated_after_s"].as_f64().unwrap();
+    assert!(after >= 0.5, "{result}");
+    server.wait_for("closed: idle timeout");
+}
+
+#[test]
+fn aioquic_graceful_shutdown_echoes_what_arrived_finishes_and_closes_with_code_0() {
+    let Some(python) = aioquic() else { return };
+    let pki = Pki::new();
+    let (mut server, addr) = quic_server(&pki, &[]);
+    let mut peer = peer_command(&python, &pki, addr, "shutdown")
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(peer.stdout.take().unwrap()).lines();
+    assert_eq!(lines.next().unwrap().unwrap(), "READY");
+    server.signal(libc::SIGTERM);
+    let result: Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
+    assert!(peer.wait().unwrap().success());
+    assert_eq!(result["echoed"], hex(b"before\npending\n"), "{result}");
+    assert_eq!(result["finished"], true, "{result}");
+    assert_eq!(result["code"], 0, "{result}");
+    assert!(server.wait().success());
+    let log = server.stderr.join("\n");
+    assert!(!log.contains("were cut"), "{log}");
+}
+
+#[test]
+fn a_thousand_garbage_datagrams_do_no_harm() {
+    let Some(python) = aioquic() else { return };
+    let pki = Pki::new();
+    let (mut server, addr) = quic_server(&pki, &[]);
+    let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let mut seed = 0x2545_f491_u32;
+    for i in 0..1000usize {
+        // Short, long, a QUIC long-header lookalike, and noise.
+        let len = [1, 20, 1200, 1500][i % 4];
+        let datagram: Vec<u8> = (0..len)
+            .map(|j| {
+                seed ^= seed << 13;
+                seed ^= seed >> 17;
+                seed ^= seed << 5;
+                if j == 0 && i % 3 == 0 {
+                    0xc0
+                } else {
+                    seed as u8
+                }
+            })
+            .collect();
+        socket.send_to(&datagram, addr).unwrap();
+    }
+    let result = scenario(&python, &pki, addr, "lines");
+    assert_eq!(result["echoed"], result["sent"], "{result}");
+    server.signal(libc::SIGTERM);
+    assert!(server.wait().success());
+    let log = server.stderr.join("\n");
+    assert!(!log.contains("panicked"), "{log}");
+}
+
+#[test]
+fn the_bundled_client_echoes_stdin_lines_over_quic() {
+    let pki = Pki::new();
+    let (_server, addr) = quic_server(&pki, &[]);
+    let (code, stdout, stderr) = common::run_binary(
+        env!("CARGO_BIN_EXE_echo-client"),
+        &[
+            &format!("quic:{addr}"),
+            "--tls-ca",
+            &pki.arg("ca.pem"),
+            "--tls-server-name",
+            "localhost",
+        ],
+        &[],
+        b"one\ntwo\r\nthree",
+    );
+    assert_eq!(code, Some(0), "{stderr}");
+    assert_eq!(stdout, b"one\ntwo\r\nthree");
+}
+
+#[test]
+fn bench_over_quic_verifies_every_echo() {
+    let pki = Pki::new();
+    let (_server, addr) = quic_server(&pki, &[]);
+    let (code, stdout, stderr) = common::run_binary(
+        env!("CARGO_BIN_EXE_echo-client"),
+        &[
+            "bench",
+            &format!("quic:{addr}"),
+            "--tls-ca",
+            &pki.arg("ca.pem"),
+            "--connections",
+            "5",
+            "--size",
+            "100",
+            "--duration",
+            "0.5",
+            "--warmup",
+            "0",
+            "--json",
+        ],
+        &[],
+        b"",
+    );
+    assert_eq!(code, Some(0), "{stderr}");
+    let report: Value = serde_json::from_slice(&stdout).unwrap();
+    assert!(report["messages"].as_u64().unwrap() > 0, "{report}");
+    assert_eq!(report["errors"], 0, "{report}");
+    assert_eq!(report["mismatches"], 0, "{report}");
+}
