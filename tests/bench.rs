@@ -40,6 +40,13 @@ fn args(addr: std::net::SocketAddr, extra: &[&str]) -> Vec<String> {
     args
 }
 
+/// `args` measuring for `seconds` instead.
+fn lasting(mut args: Vec<String>, seconds: &str) -> Vec<String> {
+    let at = args.iter().position(|arg| arg == "--duration").unwrap();
+    args[at + 1] = seconds.to_owned();
+    args
+}
+
 fn report(stdout: &[u8]) -> serde_json::Value {
     let text = std::str::from_utf8(stdout).unwrap();
     assert_eq!(
@@ -251,8 +258,11 @@ fn bad_bench_usage_exits_two() {
     for extra in [
         &["--connections", "0", "--size", "8", "--duration", "1"][..],
         &["--connections", "1", "--size", "0", "--duration", "1"],
-        &["--connections", "1", "--size", "8"],
         &["--connections", "1", "--size", "8", "--duration", "soon"],
+        &["--rate", "0"],
+        &["--rate", "fast"],
+        &["--rate", "100", "--rate-per-connection", "10"],
+        &["--rate", "100", "--udp"],
     ] {
         let mut args = vec!["bench", "127.0.0.1:9"];
         args.extend_from_slice(extra);
@@ -421,4 +431,99 @@ async fn chaos_runs_every_kind_of_abuse_and_verified_echoes_stay_exact() {
         "the frame timeout never cut a slowloris: {chaos}"
     );
     server.shutdown().await;
+}
+
+/// An echo server that, once a second, stops reading for 200 ms: a
+/// stalled server (a GC pause, a full disk, a stuck upstream).
+async fn stalling_server() -> std::net::SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let epoch = tokio::time::Instant::now();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            stream.set_nodelay(true).unwrap();
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 64 * 1024];
+                loop {
+                    let phase = epoch.elapsed().as_millis() % 1000;
+                    if phase < 200 {
+                        let resume = std::time::Duration::from_millis((200 - phase) as u64);
+                        tokio::time::sleep(resume).await;
+                    }
+                    let n = match stream.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => n,
+                    };
+                    if stream.write_all(&buf[..n]).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// Coordinated omission, made visible: against a server that stalls for
+/// 200 ms a second, the closed loop stops sending while it waits, so only
+/// one message per connection per stall is slow and p99 hides the stall;
+/// the open loop keeps to its schedule and times each echo from when its
+/// message was due, so a fifth of the messages show the stall.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_open_loop_shows_a_stall_that_the_closed_loop_hides() {
+    let addr = stalling_server().await;
+    let window = ["--connections", "4", "--size", "64"];
+    let (code, stdout, stderr) = bench(lasting(args(addr, &window), "2")).await;
+    assert_eq!(code, Some(0), "{stderr}");
+    let closed = report(&stdout);
+    let mut open_args = window.to_vec();
+    open_args.extend(["--rate", "2000"]);
+    let (code, stdout, stderr) = bench(lasting(args(addr, &open_args), "2")).await;
+    assert_eq!(code, Some(0), "{stderr}");
+    let open = report(&stdout);
+    let p99 = |report: &serde_json::Value| report["latency_us"]["p99"].as_f64().unwrap();
+    assert!(p99(&open) >= 100_000.0, "open loop: {open}");
+    assert!(p99(&closed) < 100_000.0, "closed loop: {closed}");
+    assert!(closed.get("open_loop").is_none(), "{closed}");
+    assert_eq!(open["open_loop"]["target_msgs_per_sec"], 2000.0, "{open}");
+    // Sending itself never fell behind: the queue had room throughout.
+    let lag_max = open["open_loop"]["schedule_lag_us"]["max"]
+        .as_f64()
+        .unwrap();
+    assert!(lag_max < 100_000.0, "{open}");
+    assert_eq!(open["mismatches"], 0);
+    assert_eq!(closed["mismatches"], 0);
+}
+
+/// At a rate the server easily keeps up with, the open loop sends on
+/// schedule: the messages completed in the window are the rate times the
+/// window, give or take the few in flight at its edges.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_open_loop_keeps_its_rate_and_verifies_every_echo() {
+    let server = TestServer::start(config()).await;
+    let (code, stdout, stderr) = bench(lasting(
+        args(
+            server.addr(),
+            &[
+                "--connections",
+                "8",
+                "--size",
+                "100",
+                "--rate-per-connection",
+                "250",
+            ],
+        ),
+        "1",
+    ))
+    .await;
+    assert_eq!(code, Some(0), "{stderr}");
+    let report = report(&stdout);
+    let messages = report["messages"].as_f64().unwrap();
+    assert!((messages - 2000.0).abs() <= 100.0, "{report}");
+    assert_eq!(
+        report["open_loop"]["target_msgs_per_sec"], 2000.0,
+        "{report}"
+    );
+    assert_eq!(report["errors"], 0, "{report}");
+    assert_eq!(report["mismatches"], 0, "{report}");
 }

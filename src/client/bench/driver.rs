@@ -44,6 +44,9 @@ pub struct Tally {
     pub lost: Cell<u64>,
     pub first_errors: RefCell<Vec<String>>,
     pub latency_ns: RefCell<Histogram<u64>>,
+    /// Open loop: how late each message's first byte went out, against
+    /// its place on the schedule.
+    pub lag_ns: RefCell<Histogram<u64>>,
     pub measure_from: Cell<Option<Instant>>,
     pub measure_until: Cell<Option<Instant>>,
 }
@@ -57,9 +60,8 @@ impl Tally {
             mismatches: Cell::new(0),
             lost: Cell::new(0),
             first_errors: RefCell::new(Vec::new()),
-            latency_ns: RefCell::new(
-                Histogram::new_with_bounds(1, 3_600_000_000_000, 3).expect("valid bounds"),
-            ),
+            latency_ns: RefCell::new(nanosecond_histogram()),
+            lag_ns: RefCell::new(nanosecond_histogram()),
             measure_from: Cell::new(None),
             measure_until: Cell::new(None),
         }
@@ -73,17 +75,57 @@ impl Tally {
         }
     }
 
+    fn in_window(&self, now: Instant) -> bool {
+        self.measure_from.get().is_some_and(|from| now >= from)
+            && self.measure_until.get().is_none_or(|until| now < until)
+    }
+
+    /// Open loop: a message due at `due` began to go out at `now`.
+    fn sent_late(&self, due: Instant, now: Instant) {
+        if self.in_window(now) {
+            let nanos = now.saturating_duration_since(due).as_nanos();
+            self.lag_ns
+                .borrow_mut()
+                .saturating_record(u64::try_from(nanos).unwrap_or(u64::MAX));
+        }
+    }
+
     pub fn completed(&self, sent_at: Instant, now: Instant) {
         self.completed.set(self.completed.get() + 1);
-        let in_window = self.measure_from.get().is_some_and(|from| now >= from)
-            && self.measure_until.get().is_none_or(|until| now < until);
-        if in_window {
+        if self.in_window(now) {
             self.messages.set(self.messages.get() + 1);
             let nanos = now.duration_since(sent_at).as_nanos();
             self.latency_ns
                 .borrow_mut()
                 .saturating_record(u64::try_from(nanos).unwrap_or(u64::MAX));
         }
+    }
+}
+
+/// tokio's timers tick in milliseconds: open loop sends a message up to
+/// this much before it is due rather than up to this much after.
+const TIMER_SLACK: Duration = Duration::from_millis(1);
+
+/// 1 ns to an hour, 3 significant digits.
+fn nanosecond_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 3_600_000_000_000, 3).expect("valid bounds")
+}
+
+/// Open loop: when each message of one connection is due. Connection `i`
+/// of `n` is offset by `i/n` of an interval, so that together they send
+/// evenly rather than in bursts.
+struct Schedule {
+    start: Instant,
+    interval_ns: f64,
+    phase: f64,
+    /// The next message not yet queued.
+    next: u64,
+}
+
+impl Schedule {
+    fn due(&self, message: u64) -> Instant {
+        let offset = (message as f64 + self.phase) * self.interval_ns;
+        self.start + Duration::from_nanos(offset as u64)
     }
 }
 
@@ -263,6 +305,11 @@ struct Driver<S> {
     /// The echo of the current message differed somewhere.
     bad: bool,
     read_buf: Vec<u8>,
+    /// Open loop: the timeline, when each queued message was due, and a
+    /// timer for the next one.
+    schedule: Option<Schedule>,
+    due_at: std::collections::VecDeque<Instant>,
+    timer: Pin<Box<tokio::time::Sleep>>,
 }
 
 impl<S: BenchStream> Driver<S> {
@@ -296,6 +343,14 @@ impl<S: BenchStream> Driver<S> {
             done: 0,
             bad: false,
             read_buf: vec![0; READ_BUFFER],
+            schedule: plan.rate_per_connection.map(|rate| Schedule {
+                start: Instant::now(),
+                interval_ns: 1e9 / rate,
+                phase: index as f64 / plan.connections as f64,
+                next: 0,
+            }),
+            due_at: std::collections::VecDeque::new(),
+            timer: Box::pin(tokio::time::sleep(Duration::ZERO)),
         }
     }
 
@@ -306,15 +361,36 @@ impl<S: BenchStream> Driver<S> {
     }
 
     async fn drive(&mut self) -> Result<(), String> {
+        if let Some(schedule) = &mut self.schedule {
+            schedule.start = Instant::now();
+        }
         loop {
-            self.enqueue();
+            match &self.schedule {
+                Some(_) => self.enqueue_due(),
+                None => self.enqueue(),
+            }
             self.flush()?;
+            if let Some(schedule) = &self.schedule {
+                let next = schedule.due(schedule.next) - TIMER_SLACK;
+                if self.timer.deadline() != next.into() {
+                    self.timer.as_mut().reset(next.into());
+                }
+            }
             // Read through poll_read: a short read tells tokio the socket is
             // drained, which saves an EAGAIN recv per message. Wait for
             // writability too while output is pending.
             let pending_write = self.written < self.out.len() || self.stream.wants_flush();
-            let (stream, read_buf) = (&mut self.stream, &mut self.read_buf);
+            // Open loop, with room in the queue: wake when the next message
+            // is due. (With the queue full only echoes free room, so the
+            // timer, already due, must not spin the loop.)
+            let open_loop = self.schedule.is_some()
+                && self.out.len() + self.wire_size <= OUT_QUEUE_LIMIT.max(self.wire_size);
+            let (stream, read_buf, timer) = (&mut self.stream, &mut self.read_buf, &mut self.timer);
             let read = std::future::poll_fn(|cx| {
+                // Open loop: the next message is due.
+                if open_loop && std::future::Future::poll(timer.as_mut(), cx).is_ready() {
+                    return Poll::Ready(None);
+                }
                 let mut buf = ReadBuf::new(read_buf);
                 if let Poll::Ready(result) = Pin::new(&mut *stream).poll_read(cx, &mut buf) {
                     return Poll::Ready(Some(result.map(|()| buf.filled().len())));
@@ -355,8 +431,34 @@ impl<S: BenchStream> Driver<S> {
         }
     }
 
+    /// Open loop: queues every message due by now (as far as the queue
+    /// limit lets: the rest stay due, and their lateness counts).
+    fn enqueue_due(&mut self) {
+        let Some(schedule) = &mut self.schedule else {
+            return;
+        };
+        let now = Instant::now();
+        while schedule.due(schedule.next) <= now + TIMER_SLACK
+            && self.out.len() + self.wire_size <= OUT_QUEUE_LIMIT.max(self.wire_size)
+        {
+            let offset = (rng::next(&mut self.rng) % PATTERN_SPAN as u64) as usize;
+            let message = &self.pattern[offset..offset + self.size];
+            if self.codec.framing() == Framing::Lines {
+                self.out.extend_from_slice(&message[..self.size - 1]);
+                self.out.extend_from_slice(b"\n");
+            } else {
+                self.codec
+                    .encode(message, &mut self.out)
+                    .expect("size was validated against the frame limit");
+            }
+            self.due_at.push_back(schedule.due(schedule.next));
+            schedule.next += 1;
+            self.queued += 1;
+        }
+    }
+
     /// Writes what it can without waiting, stamping each message whose
-    /// first byte goes out.
+    /// first byte goes out (open loop: with when it was due).
     fn flush(&mut self) -> Result<(), String> {
         while self.written < self.out.len() {
             let now = Instant::now();
@@ -366,7 +468,16 @@ impl<S: BenchStream> Driver<S> {
                     self.total_written += written as u64;
                     let first_bytes_sent = self.total_written.div_ceil(self.wire_size as u64);
                     while self.done + (self.sent_at.len() as u64) < first_bytes_sent {
-                        self.sent_at.push_back(now);
+                        let stamp = match self.due_at.pop_front() {
+                            // Early by at most TIMER_SLACK: timed from
+                            // the send then; late: from when it was due.
+                            Some(due) => {
+                                self.tally.sent_late(due, now);
+                                due.min(now)
+                            }
+                            None => now,
+                        };
+                        self.sent_at.push_back(stamp);
                     }
                 }
                 Err(error) if error.kind() == io::ErrorKind::WouldBlock => break,

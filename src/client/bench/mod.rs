@@ -76,15 +76,26 @@ pub struct BenchArgs {
     #[arg(long, default_value = "1", value_name = "SECS")]
     pub loss_timeout: String,
     /// Connections to open and drive at once.
-    #[arg(long, value_name = "N")]
+    #[arg(long, default_value = "50", value_name = "N")]
     pub connections: usize,
     /// Message size on the wire: including the \n for lines, excluding the
     /// 4-byte header for length.
-    #[arg(long, value_name = "BYTES")]
+    #[arg(long, default_value = "64", value_name = "BYTES")]
     pub size: usize,
     /// Seconds to measure, after the warm-up.
-    #[arg(long, value_name = "SECS")]
+    #[arg(long, default_value = "10", value_name = "SECS")]
     pub duration: String,
+    /// Open loop: send N messages per second in all, spread evenly over the
+    /// connections on a fixed timeline, and time each echo from when its
+    /// message was due, so a stalled server shows in the percentiles
+    /// (no coordinated omission). `20000` or `20k`. Without it (and
+    /// --rate-per-connection), each connection sends as soon as an echo is
+    /// back (closed loop, the default).
+    #[arg(long, value_name = "N", conflicts_with = "rate_per_connection")]
+    pub rate: Option<String>,
+    /// Open loop with N messages per second on each connection.
+    #[arg(long, value_name = "N")]
+    pub rate_per_connection: Option<String>,
     /// Messages each connection keeps in flight.
     #[arg(long, default_value = "1", value_name = "K")]
     pub pipeline: usize,
@@ -122,6 +133,8 @@ pub struct Plan {
     pub warmup: Duration,
     pub duration: Duration,
     pub connect_timeout: Duration,
+    /// Open loop: messages per second on each connection.
+    pub rate_per_connection: Option<f64>,
 }
 
 impl Plan {
@@ -161,6 +174,16 @@ impl Plan {
                 "--size: must be from {min_size} to {MAX_FRAME_LENGTH_LIMIT} for {framing} framing"
             )));
         }
+        let rate_per_connection = match (&args.rate, &args.rate_per_connection) {
+            (Some(total), _) => Some(parse_rate("--rate", total)? / args.connections.max(1) as f64),
+            (None, Some(each)) => Some(parse_rate("--rate-per-connection", each)?),
+            (None, None) => None,
+        };
+        if rate_per_connection.is_some() && (args.udp || args.reconnect || websocket) {
+            return Err(usage(
+                "--rate and --rate-per-connection drive stream connections: not with --udp, --reconnect or ws://".into(),
+            ));
+        }
         let warmup = if args.warmup.trim() == "0" {
             Duration::ZERO
         } else {
@@ -179,6 +202,7 @@ impl Plan {
             warmup,
             duration: parse_seconds("--duration", &args.duration)?,
             connect_timeout: parse_seconds("--connect-timeout", &args.connect_timeout)?,
+            rate_per_connection,
         })
     }
 
@@ -189,6 +213,26 @@ impl Plan {
             Framing::Lines | Framing::Raw => self.size,
         }
     }
+}
+
+/// A rate: messages per second, `20000`, `20k` or `1.5M`, above zero.
+fn parse_rate(flag: &str, text: &str) -> Result<f64, ClientError> {
+    let text = text.trim();
+    let (number, scale) = match text.char_indices().last() {
+        Some((at, 'k' | 'K')) => (&text[..at], 1e3),
+        Some((at, 'm' | 'M')) => (&text[..at], 1e6),
+        _ => (text, 1.0),
+    };
+    number
+        .parse::<f64>()
+        .ok()
+        .map(|n| n * scale)
+        .filter(|rate| rate.is_finite() && *rate > 0.0 && *rate <= 1e9)
+        .ok_or_else(|| {
+            ClientError::Usage(format!(
+                "{flag}: expected messages per second such as 20000 or 20k, found {text:?}"
+            ))
+        })
 }
 
 /// Runs `echo-client bench`: prints the report, returns an error (exit 1)

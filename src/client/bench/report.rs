@@ -50,6 +50,24 @@ pub struct Report {
     /// does not depend on which side is the bottleneck.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub server_cpu_us_per_msg: Option<f64>,
+    /// With --rate or --rate-per-connection.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub open_loop: Option<OpenLoop>,
+}
+
+/// An open-loop run: the rate asked for, and how far sending fell behind
+/// the schedule (a message's first byte against when it was due).
+#[derive(Debug, Clone, Serialize)]
+pub struct OpenLoop {
+    pub target_msgs_per_sec: f64,
+    pub schedule_lag_us: Lag,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Lag {
+    pub p50: f64,
+    pub p99: f64,
+    pub max: f64,
 }
 
 /// A process's CPU time so far (user + system), where /proc has it.
@@ -115,6 +133,14 @@ pub fn render(plan: &Plan, report: &Report) -> String {
                 kind.attempts, kind.closed_by_server, kind.errors, kind.mismatches
             );
         }
+    }
+    if let Some(open) = &report.open_loop {
+        let lag = &open.schedule_lag_us;
+        extra += &format!(
+            "open loop   target {:.0} msgs/s; latency counted from when each message was due; \
+             sending behind schedule p50 {:.1} us   p99 {:.1} us   max {:.1} us\n",
+            open.target_msgs_per_sec, lag.p50, lag.p99, lag.max
+        );
     }
     if let Some(cpu) = report.server_cpu_us_per_msg {
         extra += &format!("server      CPU {cpu:.2} µs per message\n");
@@ -230,6 +256,17 @@ impl Report {
             server_cpu_us_per_msg: server_cpu
                 .filter(|_| messages > 0)
                 .map(|cpu| cpu.as_secs_f64() * 1e6 / messages as f64),
+            open_loop: plan.rate_per_connection.map(|rate| {
+                let lag = tally.lag_ns.borrow();
+                OpenLoop {
+                    target_msgs_per_sec: rate * plan.connections as f64,
+                    schedule_lag_us: Lag {
+                        p50: micros(lag.value_at_quantile(0.50)),
+                        p99: micros(lag.value_at_quantile(0.99)),
+                        max: micros(lag.max()),
+                    },
+                }
+            }),
         }
     }
 }
