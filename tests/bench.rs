@@ -527,3 +527,41 @@ async fn the_open_loop_keeps_its_rate_and_verifies_every_echo() {
     assert_eq!(report["errors"], 0, "{report}");
     assert_eq!(report["mismatches"], 0, "{report}");
 }
+
+/// `--json-stream`: one JSON object per line, an interval event per
+/// interval and the --json report as the end event; the intervals account
+/// for the messages.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_stream_writes_interval_events_then_the_report() {
+    let server = TestServer::start(config()).await;
+    let mut args = lasting(
+        args(server.addr(), &["--connections", "3", "--size", "32"]),
+        "1",
+    );
+    args.retain(|arg| arg != "--json");
+    args.extend(["--json-stream", "--interval", "0.25"].map(String::from));
+    let (code, stdout, stderr) = bench(args).await;
+    assert_eq!(code, Some(0), "{stderr}");
+    let events: Vec<serde_json::Value> = std::str::from_utf8(&stdout)
+        .unwrap()
+        .lines()
+        .map(|line| serde_json::from_str(line).expect("one JSON object per line"))
+        .collect();
+    let (end, intervals) = events.split_last().unwrap();
+    assert_eq!(end["event"], "end", "{end}");
+    assert!((3..=5).contains(&intervals.len()), "{events:?}");
+    let mut counted = 0;
+    for interval in intervals {
+        assert_eq!(interval["event"], "interval", "{interval}");
+        assert_eq!(interval["data"]["open_connections"], 3, "{interval}");
+        assert_eq!(interval["data"]["errors"], 0, "{interval}");
+        counted += interval["data"]["messages"].as_u64().unwrap();
+    }
+    let total = end["data"]["messages"].as_u64().unwrap();
+    assert!(total > 0, "{end}");
+    // The window's messages, give or take those completed as it closed.
+    assert!(
+        counted.abs_diff(total) <= total / 20 + 10,
+        "{counted} vs {total}"
+    );
+}

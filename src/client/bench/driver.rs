@@ -49,6 +49,10 @@ pub struct Tally {
     pub lag_ns: RefCell<Histogram<u64>>,
     pub measure_from: Cell<Option<Instant>>,
     pub measure_until: Cell<Option<Instant>>,
+    /// Connections being driven now.
+    pub open: Cell<u64>,
+    /// Round trips since the last `--interval` line (warm-up included).
+    pub interval_ns: RefCell<Histogram<u64>>,
 }
 
 impl Tally {
@@ -64,6 +68,8 @@ impl Tally {
             lag_ns: RefCell::new(nanosecond_histogram()),
             measure_from: Cell::new(None),
             measure_until: Cell::new(None),
+            open: Cell::new(0),
+            interval_ns: RefCell::new(nanosecond_histogram()),
         }
     }
 
@@ -92,6 +98,8 @@ impl Tally {
 
     pub fn completed(&self, sent_at: Instant, now: Instant) {
         self.completed.set(self.completed.get() + 1);
+        let nanos = u64::try_from(now.duration_since(sent_at).as_nanos()).unwrap_or(u64::MAX);
+        self.interval_ns.borrow_mut().saturating_record(nanos);
         if self.in_window(now) {
             self.messages.set(self.messages.get() + 1);
             let nanos = now.duration_since(sent_at).as_nanos();
@@ -126,6 +134,22 @@ impl Schedule {
     fn due(&self, message: u64) -> Instant {
         let offset = (message as f64 + self.phase) * self.interval_ns;
         self.start + Duration::from_nanos(offset as u64)
+    }
+}
+
+/// Counts a connection as open in the tally while alive.
+pub struct Open(Rc<Tally>);
+
+impl Open {
+    pub fn new(tally: &Rc<Tally>) -> Open {
+        tally.open.set(tally.open.get() + 1);
+        Open(tally.clone())
+    }
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.0.open.set(self.0.open.get() - 1);
     }
 }
 
@@ -355,6 +379,7 @@ impl<S: BenchStream> Driver<S> {
     }
 
     async fn run(mut self) {
+        let _open = Open::new(&self.tally);
         if let Err(error) = self.drive().await {
             self.tally.error(error);
         }

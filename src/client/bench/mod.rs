@@ -109,8 +109,18 @@ pub struct BenchArgs {
     #[arg(long, default_value = "10", value_name = "SECS")]
     pub connect_timeout: String,
     /// Print exactly one JSON object on stdout instead of the report.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "json_stream")]
     pub json: bool,
+    /// Every SECS, one line with that interval's msgs/s, MiB/s, p50/p99,
+    /// errors and open connections (on stderr, under the progress bar).
+    #[arg(long, value_name = "SECS")]
+    pub interval: Option<String>,
+    /// One JSON object per line on stdout: {"event":"interval","data":…}
+    /// per interval (every --interval SECS, default 1), then
+    /// {"event":"end","data":REPORT} with the --json report (as iperf3's
+    /// --json-stream).
+    #[arg(long)]
+    pub json_stream: bool,
     /// Write the latency histogram to FILE in HdrHistogram's
     /// percentile-distribution text format (values in microseconds).
     #[arg(long, value_name = "FILE")]
@@ -135,6 +145,9 @@ pub struct Plan {
     pub connect_timeout: Duration,
     /// Open loop: messages per second on each connection.
     pub rate_per_connection: Option<f64>,
+    /// `--interval`, and whether intervals go to stdout as JSON.
+    pub interval: Option<Duration>,
+    pub json_stream: bool,
 }
 
 impl Plan {
@@ -203,6 +216,12 @@ impl Plan {
             duration: parse_seconds("--duration", &args.duration)?,
             connect_timeout: parse_seconds("--connect-timeout", &args.connect_timeout)?,
             rate_per_connection,
+            interval: match (&args.interval, args.json_stream) {
+                (Some(secs), _) => Some(parse_seconds("--interval", secs)?),
+                (None, true) => Some(Duration::from_secs(1)),
+                (None, false) => None,
+            },
+            json_stream: args.json_stream,
         })
     }
 
@@ -243,7 +262,7 @@ pub fn run(args: BenchArgs) -> Result<(), ClientError> {
         .enable_all()
         .build()
         .map_err(|error| ClientError::Failed(format!("cannot start: {error}")))?;
-    let show_progress = !args.json && io::stderr().is_terminal();
+    let show_progress = !args.json && !args.json_stream && io::stderr().is_terminal();
     let (report, histogram, first_errors) = runtime.block_on(async {
         let local = tokio::task::LocalSet::new();
         let measured = local.run_until(measure(&plan, show_progress)).await;
@@ -260,7 +279,10 @@ pub fn run(args: BenchArgs) -> Result<(), ClientError> {
         })?;
     }
     let mut stdout = io::stdout().lock();
-    let printed = if args.json {
+    let printed = if args.json_stream {
+        let end = serde_json::json!({ "event": "end", "data": report });
+        writeln!(stdout, "{end}")
+    } else if args.json {
         writeln!(
             stdout,
             "{}",
@@ -368,7 +390,8 @@ async fn start_chaos(plan: &Plan) -> Result<Option<Chaos>, ClientError> {
     Ok(Some(Chaos::start(target, per_kind)))
 }
 
-/// Waits for the end of the window, with a progress bar on a terminal.
+/// Waits for the end of the window, with a progress bar on a terminal and
+/// a line per `--interval`.
 async fn show_until(
     plan: &Plan,
     tally: &Tally,
@@ -378,6 +401,9 @@ async fn show_until(
 ) {
     let progress = show_progress.then(|| report::progress_bar(plan.warmup + plan.duration));
     let mut ticker = tokio::time::interval(Duration::from_millis(200));
+    let mut intervals = plan
+        .interval
+        .map(|every| report::Intervals::new(every, started));
     loop {
         let now = Instant::now();
         if now >= measure_until {
@@ -392,10 +418,21 @@ async fn show_until(
                 tally.errors.get()
             ));
         }
+        let next_line = intervals.as_ref().map_or(measure_until, |intervals| {
+            intervals.due().min(measure_until)
+        });
         tokio::select! {
             _ = ticker.tick() => {}
-            () = tokio::time::sleep_until(measure_until.into()) => {}
+            () = tokio::time::sleep_until(next_line.into()) => {}
         }
+        if let Some(intervals) = &mut intervals {
+            if Instant::now() >= intervals.due() {
+                intervals.emit(plan, tally, progress.as_ref());
+            }
+        }
+    }
+    if let Some(intervals) = &mut intervals {
+        intervals.emit(plan, tally, progress.as_ref());
     }
     if let Some(bar) = progress {
         bar.finish_and_clear();

@@ -4,7 +4,7 @@
 use std::{
     collections::BTreeMap,
     io::{self, Write},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use hdrhistogram::Histogram;
@@ -268,5 +268,87 @@ impl Report {
                 }
             }),
         }
+    }
+}
+
+/// `--interval` and `--json-stream`: one line per interval.
+pub struct Intervals {
+    every: Duration,
+    started: Instant,
+    from: Instant,
+    completed: u64,
+}
+
+impl Intervals {
+    pub fn new(every: Duration, started: Instant) -> Intervals {
+        Intervals {
+            every,
+            started,
+            from: started,
+            completed: 0,
+        }
+    }
+
+    /// When the current interval ends.
+    pub fn due(&self) -> Instant {
+        self.from + self.every
+    }
+
+    /// Prints the interval that ends now, and starts the next.
+    pub fn emit(&mut self, plan: &Plan, tally: &Tally, bar: Option<&indicatif::ProgressBar>) {
+        let now = Instant::now();
+        let seconds = now.duration_since(self.from).as_secs_f64();
+        // The last one may be a sliver past the last whole interval.
+        if seconds < self.every.as_secs_f64() / 10.0 {
+            return;
+        }
+        let completed = tally.completed.get();
+        let messages = completed - self.completed;
+        let histogram = std::mem::replace(
+            &mut *tally.interval_ns.borrow_mut(),
+            Histogram::new_with_bounds(1, 3_600_000_000_000, 3).expect("valid bounds"),
+        );
+        let micros = |q: f64| histogram.value_at_quantile(q) as f64 / 1000.0;
+        let (start_s, end_s) = (
+            self.from.duration_since(self.started).as_secs_f64(),
+            now.duration_since(self.started).as_secs_f64(),
+        );
+        let msgs_per_sec = messages as f64 / seconds;
+        let mib_per_sec = msgs_per_sec * plan.size as f64 / (1024.0 * 1024.0);
+        // Mostly in the warm-up.
+        let warmup = start_s + seconds / 2.0 < plan.warmup.as_secs_f64();
+        if plan.json_stream {
+            let line = serde_json::json!({
+                "event": "interval",
+                "data": {
+                    "start_s": start_s,
+                    "end_s": end_s,
+                    "warmup": warmup,
+                    "messages": messages,
+                    "msgs_per_sec": msgs_per_sec,
+                    "mib_per_sec": mib_per_sec,
+                    "latency_us": { "p50": micros(0.50), "p99": micros(0.99) },
+                    "errors": tally.errors.get(),
+                    "open_connections": tally.open.get(),
+                }
+            });
+            println!("{line}");
+        } else {
+            let line = format!(
+                "{start_s:>6.1}-{end_s:<6.1}s {msgs_per_sec:>10.0} msgs/s {mib_per_sec:>8.2} MiB/s  \
+                 p50 {:>8.1} us  p99 {:>8.1} us  errors {}  open {}{}",
+                micros(0.50),
+                micros(0.99),
+                tally.errors.get(),
+                tally.open.get(),
+                if warmup { "  (warm-up)" } else { "" }
+            );
+            match bar {
+                Some(bar) => bar.println(line),
+                None => eprintln!("{line}"),
+            }
+        }
+        self.from = now;
+        self.completed = completed;
     }
 }

@@ -66,6 +66,7 @@ impl UdpDriver {
     }
 
     pub async fn run(mut self) {
+        let _open = super::driver::Open::new(&self.tally);
         if let Err(error) = self.drive().await {
             self.tally.error(error);
         }
