@@ -263,6 +263,10 @@ fn bad_bench_usage_exits_two() {
         &["--rate", "fast"],
         &["--rate", "100", "--rate-per-connection", "10"],
         &["--rate", "100", "--udp"],
+        &["--rate", "100", "--until-p99", "2ms"],
+        &["--rate", "5k..1k/1s"],
+        &["--rate", "1k..5k"],
+        &["--rate", "1k..5k/1s", "--until-p99", "soon"],
     ] {
         let mut args = vec!["bench", "127.0.0.1:9"];
         args.extend_from_slice(extra);
@@ -564,4 +568,41 @@ async fn json_stream_writes_interval_events_then_the_report() {
         counted.abs_diff(total) <= total / 20 + 10,
         "{counted} vs {total}"
     );
+}
+
+/// `--rate FROM..TO/SECS`: a row (here, a JSON report) per step; with
+/// `--until-p99` the ramp stops at the first step over the bound, and the
+/// knee is the last step within it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ramp_reports_every_step_and_stops_at_the_knee() {
+    let server = TestServer::start(config()).await;
+    let ramp = |addr: std::net::SocketAddr, rate: &str, bound: &str| {
+        let mut args = args(addr, &["--connections", "4", "--size", "32"]);
+        let at = args.iter().position(|arg| arg == "--duration").unwrap();
+        args.drain(at..at + 2);
+        args.extend(["--rate", rate, "--ramp-steps", "3", "--until-p99", bound].map(String::from));
+        args
+    };
+    let (code, stdout, stderr) = bench(ramp(server.addr(), "400..1200/0.3s", "1s")).await;
+    assert_eq!(code, Some(0), "{stderr}");
+    let summary = report(&stdout);
+    let steps = summary["steps"].as_array().unwrap();
+    let targets: Vec<f64> = steps
+        .iter()
+        .map(|step| step["open_loop"]["target_msgs_per_sec"].as_f64().unwrap())
+        .collect();
+    assert_eq!(targets, [400.0, 800.0, 1200.0], "{summary}");
+    assert_eq!(summary["knee_msgs_per_sec"], 1200.0, "{summary}");
+    for step in steps {
+        assert_eq!(step["mismatches"], 0, "{step}");
+        assert!(step["messages"].as_u64().unwrap() > 0, "{step}");
+    }
+    // Against a server that stalls 200 ms a second, the first 1.2 s step
+    // is over a 50 ms bound: the ramp stops there, with no knee.
+    let stalling = stalling_server().await;
+    let (code, stdout, stderr) = bench(ramp(stalling, "100..300/1.2s", "50ms")).await;
+    assert_eq!(code, Some(0), "{stderr}");
+    let summary = report(&stdout);
+    assert_eq!(summary["steps"].as_array().unwrap().len(), 1, "{summary}");
+    assert!(summary["knee_msgs_per_sec"].is_null(), "{summary}");
 }

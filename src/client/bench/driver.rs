@@ -3,7 +3,6 @@
 //! random pattern it was cut from.
 
 use std::{
-    cell::{Cell, RefCell},
     io,
     pin::Pin,
     rc::Rc,
@@ -12,7 +11,6 @@ use std::{
 };
 
 use bytes::{Buf, BytesMut};
-use hdrhistogram::Histogram;
 use tokio::{
     io::{AsyncRead, ReadBuf},
     net::TcpStream,
@@ -20,104 +18,23 @@ use tokio::{
 };
 use tokio_util::codec::Encoder;
 
-use super::Plan;
+use super::{
+    tally::{Open, Tally, PATTERN_SPAN},
+    Plan,
+};
 use crate::{
     client::{rng, Conn},
     codec::{EchoCodec, Framing, MAX_FRAME_LENGTH_LIMIT},
 };
 
-/// Distinct message start offsets in the random pattern.
-pub const PATTERN_SPAN: usize = 1 << 20;
 /// Most unsent-plus-unechoed bytes a connection queues (as the C generator).
 const OUT_QUEUE_LIMIT: usize = 256 * 1024;
 /// Bytes read per syscall.
 const READ_BUFFER: usize = 64 * 1024;
 
-/// What every connection task adds to.
-pub struct Tally {
-    /// Messages completed inside the measurement window.
-    pub messages: Cell<u64>,
-    /// All messages completed, warm-up included (for the progress bar).
-    pub completed: Cell<u64>,
-    pub errors: Cell<u64>,
-    pub mismatches: Cell<u64>,
-    pub lost: Cell<u64>,
-    pub first_errors: RefCell<Vec<String>>,
-    pub latency_ns: RefCell<Histogram<u64>>,
-    /// Open loop: how late each message's first byte went out, against
-    /// its place on the schedule.
-    pub lag_ns: RefCell<Histogram<u64>>,
-    pub measure_from: Cell<Option<Instant>>,
-    pub measure_until: Cell<Option<Instant>>,
-    /// Connections being driven now.
-    pub open: Cell<u64>,
-    /// Round trips since the last `--interval` line (warm-up included).
-    pub interval_ns: RefCell<Histogram<u64>>,
-}
-
-impl Tally {
-    pub fn new() -> Tally {
-        Tally {
-            messages: Cell::new(0),
-            completed: Cell::new(0),
-            errors: Cell::new(0),
-            mismatches: Cell::new(0),
-            lost: Cell::new(0),
-            first_errors: RefCell::new(Vec::new()),
-            latency_ns: RefCell::new(nanosecond_histogram()),
-            lag_ns: RefCell::new(nanosecond_histogram()),
-            measure_from: Cell::new(None),
-            measure_until: Cell::new(None),
-            open: Cell::new(0),
-            interval_ns: RefCell::new(nanosecond_histogram()),
-        }
-    }
-
-    pub fn error(&self, what: String) {
-        self.errors.set(self.errors.get() + 1);
-        let mut first = self.first_errors.borrow_mut();
-        if first.len() < 5 {
-            first.push(what);
-        }
-    }
-
-    fn in_window(&self, now: Instant) -> bool {
-        self.measure_from.get().is_some_and(|from| now >= from)
-            && self.measure_until.get().is_none_or(|until| now < until)
-    }
-
-    /// Open loop: a message due at `due` began to go out at `now`.
-    fn sent_late(&self, due: Instant, now: Instant) {
-        if self.in_window(now) {
-            let nanos = now.saturating_duration_since(due).as_nanos();
-            self.lag_ns
-                .borrow_mut()
-                .saturating_record(u64::try_from(nanos).unwrap_or(u64::MAX));
-        }
-    }
-
-    pub fn completed(&self, sent_at: Instant, now: Instant) {
-        self.completed.set(self.completed.get() + 1);
-        let nanos = u64::try_from(now.duration_since(sent_at).as_nanos()).unwrap_or(u64::MAX);
-        self.interval_ns.borrow_mut().saturating_record(nanos);
-        if self.in_window(now) {
-            self.messages.set(self.messages.get() + 1);
-            let nanos = now.duration_since(sent_at).as_nanos();
-            self.latency_ns
-                .borrow_mut()
-                .saturating_record(u64::try_from(nanos).unwrap_or(u64::MAX));
-        }
-    }
-}
-
 /// tokio's timers tick in milliseconds: open loop sends a message up to
 /// this much before it is due rather than up to this much after.
 const TIMER_SLACK: Duration = Duration::from_millis(1);
-
-/// 1 ns to an hour, 3 significant digits.
-fn nanosecond_histogram() -> Histogram<u64> {
-    Histogram::new_with_bounds(1, 3_600_000_000_000, 3).expect("valid bounds")
-}
 
 /// Open loop: when each message of one connection is due. Connection `i`
 /// of `n` is offset by `i/n` of an interval, so that together they send
@@ -135,37 +52,6 @@ impl Schedule {
         let offset = (message as f64 + self.phase) * self.interval_ns;
         self.start + Duration::from_nanos(offset as u64)
     }
-}
-
-/// Counts a connection as open in the tally while alive.
-pub struct Open(Rc<Tally>);
-
-impl Open {
-    pub fn new(tally: &Rc<Tally>) -> Open {
-        tally.open.set(tally.open.get() + 1);
-        Open(tally.clone())
-    }
-}
-
-impl Drop for Open {
-    fn drop(&mut self) {
-        self.0.open.set(self.0.open.get() - 1);
-    }
-}
-
-/// Random message bytes: printable ASCII for lines (so no `\n`, and valid
-/// UTF-8 for String-based servers), any byte otherwise.
-pub fn random_pattern(plan: &Plan) -> Vec<u8> {
-    let mut state = rng::seed();
-    (0..PATTERN_SPAN + plan.size)
-        .map(|_| {
-            let random = rng::next(&mut state);
-            match plan.framing {
-                Framing::Lines => 0x20 + ((random >> 32) % 95) as u8,
-                Framing::Raw | Framing::Length => (random >> 56) as u8,
-            }
-        })
-        .collect()
 }
 
 /// `--reconnect`: each message on its own connection (TLS handshake

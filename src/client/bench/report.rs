@@ -10,7 +10,7 @@ use std::{
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
-use super::{driver::Tally, Plan};
+use super::{tally::Tally, Plan};
 use crate::client::chaos::KindReport;
 
 /// Latency percentiles in microseconds.

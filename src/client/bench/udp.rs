@@ -8,7 +8,7 @@ use std::{
 };
 
 use super::{
-    driver::{Tally, PATTERN_SPAN},
+    tally::{Tally, PATTERN_SPAN},
     Plan,
 };
 use crate::client::rng;
@@ -66,7 +66,7 @@ impl UdpDriver {
     }
 
     pub async fn run(mut self) {
-        let _open = super::driver::Open::new(&self.tally);
+        let _open = super::tally::Open::new(&self.tally);
         if let Err(error) = self.drive().await {
             self.tally.error(error);
         }

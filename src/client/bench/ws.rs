@@ -9,14 +9,14 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_tungstenite::{tungstenite::Message, WebSocketStream};
 
 use super::{
-    driver::{Tally, PATTERN_SPAN},
+    tally::{Tally, PATTERN_SPAN},
     Plan,
 };
 use crate::client::{rng, websocket::WsConn};
 
 /// Drives one WebSocket until the run ends (the task is aborted).
 pub async fn run(conn: WsConn, plan: Plan, pattern: Rc<Vec<u8>>, tally: Rc<Tally>, index: usize) {
-    let _open = super::driver::Open::new(&tally);
+    let _open = super::tally::Open::new(&tally);
     match conn {
         WsConn::Plain(ws) => drive(*ws, &plan, &pattern, &tally, index).await,
         WsConn::Tls(ws) => drive(*ws, &plan, &pattern, &tally, index).await,

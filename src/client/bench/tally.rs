@@ -1,0 +1,128 @@
+//! What every connection task of a run adds to, and the bytes they send.
+
+use std::{
+    cell::{Cell, RefCell},
+    rc::Rc,
+    time::Instant,
+};
+
+use hdrhistogram::Histogram;
+
+use super::Plan;
+use crate::{client::rng, codec::Framing};
+
+/// Distinct message start offsets in the random pattern.
+pub const PATTERN_SPAN: usize = 1 << 20;
+
+/// What every connection task adds to.
+pub struct Tally {
+    /// Messages completed inside the measurement window.
+    pub messages: Cell<u64>,
+    /// All messages completed, warm-up included (for the progress bar).
+    pub completed: Cell<u64>,
+    pub errors: Cell<u64>,
+    pub mismatches: Cell<u64>,
+    pub lost: Cell<u64>,
+    pub first_errors: RefCell<Vec<String>>,
+    pub latency_ns: RefCell<Histogram<u64>>,
+    /// Open loop: how late each message's first byte went out, against
+    /// its place on the schedule.
+    pub lag_ns: RefCell<Histogram<u64>>,
+    pub measure_from: Cell<Option<Instant>>,
+    pub measure_until: Cell<Option<Instant>>,
+    /// Connections being driven now.
+    pub open: Cell<u64>,
+    /// Round trips since the last `--interval` line (warm-up included).
+    pub interval_ns: RefCell<Histogram<u64>>,
+}
+
+impl Tally {
+    pub fn new() -> Tally {
+        Tally {
+            messages: Cell::new(0),
+            completed: Cell::new(0),
+            errors: Cell::new(0),
+            mismatches: Cell::new(0),
+            lost: Cell::new(0),
+            first_errors: RefCell::new(Vec::new()),
+            latency_ns: RefCell::new(nanosecond_histogram()),
+            lag_ns: RefCell::new(nanosecond_histogram()),
+            measure_from: Cell::new(None),
+            measure_until: Cell::new(None),
+            open: Cell::new(0),
+            interval_ns: RefCell::new(nanosecond_histogram()),
+        }
+    }
+
+    pub fn error(&self, what: String) {
+        self.errors.set(self.errors.get() + 1);
+        let mut first = self.first_errors.borrow_mut();
+        if first.len() < 5 {
+            first.push(what);
+        }
+    }
+
+    fn in_window(&self, now: Instant) -> bool {
+        self.measure_from.get().is_some_and(|from| now >= from)
+            && self.measure_until.get().is_none_or(|until| now < until)
+    }
+
+    /// Open loop: a message due at `due` began to go out at `now`.
+    pub fn sent_late(&self, due: Instant, now: Instant) {
+        if self.in_window(now) {
+            let nanos = now.saturating_duration_since(due).as_nanos();
+            self.lag_ns
+                .borrow_mut()
+                .saturating_record(u64::try_from(nanos).unwrap_or(u64::MAX));
+        }
+    }
+
+    pub fn completed(&self, sent_at: Instant, now: Instant) {
+        self.completed.set(self.completed.get() + 1);
+        let nanos = u64::try_from(now.duration_since(sent_at).as_nanos()).unwrap_or(u64::MAX);
+        self.interval_ns.borrow_mut().saturating_record(nanos);
+        if self.in_window(now) {
+            self.messages.set(self.messages.get() + 1);
+            let nanos = now.duration_since(sent_at).as_nanos();
+            self.latency_ns
+                .borrow_mut()
+                .saturating_record(u64::try_from(nanos).unwrap_or(u64::MAX));
+        }
+    }
+}
+
+/// 1 ns to an hour, 3 significant digits.
+pub fn nanosecond_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 3_600_000_000_000, 3).expect("valid bounds")
+}
+
+/// Counts a connection as open in the tally while alive.
+pub struct Open(Rc<Tally>);
+
+impl Open {
+    pub fn new(tally: &Rc<Tally>) -> Open {
+        tally.open.set(tally.open.get() + 1);
+        Open(tally.clone())
+    }
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.0.open.set(self.0.open.get() - 1);
+    }
+}
+
+/// Random message bytes: printable ASCII for lines (so no `\n`, and valid
+/// UTF-8 for String-based servers), any byte otherwise.
+pub fn random_pattern(plan: &Plan) -> Vec<u8> {
+    let mut state = rng::seed();
+    (0..PATTERN_SPAN + plan.size)
+        .map(|_| {
+            let random = rng::next(&mut state);
+            match plan.framing {
+                Framing::Lines => 0x20 + ((random >> 32) % 95) as u8,
+                Framing::Raw | Framing::Length => (random >> 56) as u8,
+            }
+        })
+        .collect()
+}
