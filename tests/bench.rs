@@ -606,3 +606,71 @@ async fn a_ramp_reports_every_step_and_stops_at_the_knee() {
     assert_eq!(summary["steps"].as_array().unwrap().len(), 1, "{summary}");
     assert!(summary["knee_msgs_per_sec"].is_null(), "{summary}");
 }
+
+/// Churn: with --messages-per-connection N each connection carries
+/// exactly N messages, then is closed (after its echoes) and replaced. A
+/// test server counts what each connection carried.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn churn_replaces_each_connection_after_its_quota() {
+    use std::sync::{Arc, Mutex};
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let carried: Arc<Mutex<Vec<usize>>> = Arc::default();
+    let closed_one = Arc::new(tokio::sync::Notify::new());
+    let (record, notify) = (carried.clone(), closed_one.clone());
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let (record, notify) = (record.clone(), notify.clone());
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 4096];
+                let mut total = 0;
+                loop {
+                    match stream.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => {
+                            total += n;
+                            if stream.write_all(&buf[..n]).await.is_err() {
+                                break;
+                            }
+                        }
+                    }
+                }
+                record.lock().unwrap().push(total);
+                notify.notify_one();
+            });
+        }
+    });
+    let mut args = args(addr, &["--connections", "4", "--size", "32"]);
+    args.extend(["--messages-per-connection", "20"].map(String::from));
+    let (code, stdout, stderr) = bench(args).await;
+    assert_eq!(code, Some(0), "{stderr}");
+    let report = report(&stdout);
+    assert_eq!(report["mismatches"], 0, "{report}");
+    assert_eq!(report["errors"], 0, "{report}");
+    let reconnects = report["churn"]["reconnects"].as_u64().unwrap();
+    assert!(reconnects >= 8, "{report}");
+    // The bench has exited: every connection closes, and is counted, as
+    // the server's task for it sees the FIN.
+    let closed = tokio::time::timeout(PATIENCE, async {
+        loop {
+            let count = carried.lock().unwrap().len() as u64;
+            if count >= 4 + reconnects {
+                return count;
+            }
+            closed_one.notified().await;
+        }
+    })
+    .await
+    .expect("every connection closed");
+    // Up to one more per connection: a replacement whose connect the end
+    // of the run interrupted.
+    assert!(
+        (4 + reconnects..=8 + reconnects).contains(&closed),
+        "{closed} {reconnects}"
+    );
+    let carried = carried.lock().unwrap();
+    // Replaced ones carried exactly their quota; the 4 open at the end at most.
+    let full = carried.iter().filter(|&&bytes| bytes == 20 * 32).count() as u64;
+    assert!(full >= reconnects, "{carried:?}");
+    assert!(carried.iter().all(|&bytes| bytes <= 20 * 32), "{carried:?}");
+}

@@ -69,3 +69,63 @@ async fn netcat_gets_its_datagram_and_its_unix_line_back() {
     assert_eq!(unix.1, b"over unix\n", "{}", unix.2);
     server.shutdown().await;
 }
+
+/// The load generator assumes nothing of echod: against socat's echo
+/// (`PIPE`, one process per connection), raw framing, every byte verified,
+/// closed and open loop.
+#[test]
+fn bench_drives_socat_as_an_echo_server() {
+    if !peer("socat", &["-V"], "socat") {
+        return;
+    }
+    // Port 0: socat picks one and, with -d -d, logs it.
+    let mut socat = Command::new("socat")
+        .args(["-d", "-d", "TCP-LISTEN:0,bind=127.0.0.1,fork", "PIPE"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn socat");
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(socat.stderr.take().unwrap()));
+    let addr: std::net::SocketAddr = loop {
+        let line = lines.next().expect("socat logs where it listens").unwrap();
+        if let Some(at) = line.find("listening on AF=2 ") {
+            break line[at + "listening on AF=2 ".len()..]
+                .trim()
+                .parse()
+                .unwrap();
+        }
+    };
+    // Keep reading socat's log, so that it never blocks on a full pipe.
+    std::thread::spawn(move || lines.for_each(drop));
+    for extra in [&[][..], &["--rate", "400"]] {
+        let mut args = vec![
+            "bench",
+            &addr.to_string() as &str,
+            "--framing",
+            "raw",
+            "--connections",
+            "4",
+            "--size",
+            "1000",
+            "--duration",
+            "0.5",
+            "--warmup",
+            "0.2",
+            "--json",
+        ]
+        .into_iter()
+        .map(String::from)
+        .collect::<Vec<_>>();
+        args.extend(extra.iter().map(|arg| arg.to_string()));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let (code, stdout, stderr) = run_binary(env!("CARGO_BIN_EXE_echo-client"), &args, &[], b"");
+        assert_eq!(code, Some(0), "{extra:?}: {stderr}");
+        let report: serde_json::Value = serde_json::from_slice(&stdout).unwrap();
+        assert!(report["messages"].as_u64().unwrap() > 0, "{report}");
+        assert_eq!(report["mismatches"], 0, "{report}");
+        assert_eq!(report["errors"], 0, "{report}");
+    }
+    let _ = socat.kill();
+    let _ = socat.wait();
+}

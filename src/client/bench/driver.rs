@@ -132,6 +132,10 @@ trait BenchStream: AsyncRead + Unpin + 'static {
     fn wants_flush(&self) -> bool {
         false
     }
+    /// This kind of stream out of a freshly opened connection (churn).
+    fn from_conn(conn: Conn) -> Option<Self>
+    where
+        Self: Sized;
 }
 
 impl BenchStream for TcpStream {
@@ -140,6 +144,12 @@ impl BenchStream for TcpStream {
     }
     fn poll_write_ready(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         TcpStream::poll_write_ready(self, cx)
+    }
+    fn from_conn(conn: Conn) -> Option<Self> {
+        match conn {
+            Conn::Tcp(stream) => Some(stream),
+            _ => None,
+        }
     }
 }
 
@@ -150,6 +160,12 @@ impl BenchStream for tokio::net::UnixStream {
     }
     fn poll_write_ready(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         tokio::net::UnixStream::poll_write_ready(self, cx)
+    }
+    fn from_conn(conn: Conn) -> Option<Self> {
+        match conn {
+            Conn::Unix(stream) => Some(stream),
+            _ => None,
+        }
     }
 }
 
@@ -175,6 +191,12 @@ impl BenchStream for crate::tls::ClientStream<TcpStream> {
     fn wants_flush(&self) -> bool {
         self.get_ref().1.wants_write()
     }
+    fn from_conn(conn: Conn) -> Option<Self> {
+        match conn {
+            Conn::Tls(stream) => Some(*stream),
+            _ => None,
+        }
+    }
 }
 
 impl BenchStream for crate::client::quic::QuicConn {
@@ -186,6 +208,12 @@ impl BenchStream for crate::client::quic::QuicConn {
         use tokio::io::AsyncWrite;
         // An empty write registers the waker when flow control blocks.
         Pin::new(self).poll_write(cx, &[]).map_ok(|_| ())
+    }
+    fn from_conn(conn: Conn) -> Option<Self> {
+        match conn {
+            Conn::Quic(stream) => Some(*stream),
+            _ => None,
+        }
     }
 }
 
@@ -220,6 +248,19 @@ struct Driver<S> {
     schedule: Option<Schedule>,
     due_at: std::collections::VecDeque<Instant>,
     timer: Pin<Box<tokio::time::Sleep>>,
+    /// Churn: where to open a replacement, and this connection's quota.
+    churn: Option<Churn>,
+}
+
+/// Churn: each connection is replaced after its quota of messages or time.
+struct Churn {
+    target: crate::client::Target,
+    connect_timeout: Duration,
+    messages: Option<u64>,
+    lifetime: Option<Duration>,
+    /// When the current connection opened, and messages queued before it.
+    opened: Instant,
+    queued_before: u64,
 }
 
 impl<S: BenchStream> Driver<S> {
@@ -261,22 +302,74 @@ impl<S: BenchStream> Driver<S> {
             }),
             due_at: std::collections::VecDeque::new(),
             timer: Box::pin(tokio::time::sleep(Duration::ZERO)),
+            churn: (plan.messages_per_connection.is_some() || plan.lifetime.is_some()).then(|| {
+                Churn {
+                    target: plan.target.clone(),
+                    connect_timeout: plan.connect_timeout,
+                    messages: plan.messages_per_connection,
+                    lifetime: plan.lifetime,
+                    opened: Instant::now(),
+                    queued_before: 0,
+                }
+            }),
         }
+    }
+
+    /// Churn: this connection has had its share; queue nothing more on it.
+    fn quota_met(&self) -> bool {
+        self.churn.as_ref().is_some_and(|churn| {
+            churn
+                .messages
+                .is_some_and(|quota| self.queued - churn.queued_before >= quota)
+                || churn
+                    .lifetime
+                    .is_some_and(|life| churn.opened.elapsed() >= life)
+        })
+    }
+
+    /// Churn: replaces the connection, whose echoes are all back.
+    async fn reopen(&mut self) -> Result<(), String> {
+        let churn = self.churn.as_mut().expect("churning");
+        let started = Instant::now();
+        let conn = churn
+            .target
+            .open(churn.connect_timeout)
+            .await
+            .map_err(|error| error.to_string())?;
+        self.stream = S::from_conn(conn).ok_or("the new connection is of another kind")?;
+        self.tally.reconnected(started);
+        churn.opened = Instant::now();
+        churn.queued_before = self.queued;
+        Ok(())
     }
 
     async fn run(mut self) {
         let _open = Open::new(&self.tally);
-        if let Err(error) = self.drive().await {
-            self.tally.error(error);
+        loop {
+            // `drive` returns only when a churn quota is met.
+            let result = match self.drive().await {
+                Ok(()) => self.reopen().await,
+                Err(error) => Err(error),
+            };
+            if let Err(error) = result {
+                return self.tally.error(error);
+            }
         }
     }
 
     async fn drive(&mut self) -> Result<(), String> {
-        if let Some(schedule) = &mut self.schedule {
+        // The timeline starts with the first connection and runs on
+        // across churn: messages due while a replacement connects are late.
+        if let Some(schedule) = self.schedule.as_mut().filter(|s| s.next == 0) {
             schedule.start = Instant::now();
         }
         loop {
+            let quota_met = self.quota_met();
+            if quota_met && self.done == self.queued {
+                return Ok(());
+            }
             match &self.schedule {
+                _ if quota_met => {}
                 Some(_) => self.enqueue_due(),
                 None => self.enqueue(),
             }
@@ -295,6 +388,7 @@ impl<S: BenchStream> Driver<S> {
             // is due. (With the queue full only echoes free room, so the
             // timer, already due, must not spin the loop.)
             let open_loop = self.schedule.is_some()
+                && !quota_met
                 && self.out.len() + self.wire_size <= OUT_QUEUE_LIMIT.max(self.wire_size);
             let (stream, read_buf, timer) = (&mut self.stream, &mut self.read_buf, &mut self.timer);
             let read = std::future::poll_fn(|cx| {

@@ -153,13 +153,22 @@ pub async fn measure(
 /// Opens every connection before anything is sent: all up or failed.
 /// (With --reconnect every message makes its own connection: none here.)
 async fn connect_all(plan: &Plan, tally: &Tally) -> Result<Vec<Conn>, ClientError> {
-    let connecting: Vec<JoinHandle<Result<Conn, ClientError>>> = (0..plan.connections)
-        .filter(|_| !plan.reconnect)
-        .map(|_| {
-            let plan = plan.clone();
-            tokio::task::spawn_local(async move { plan.target.open(plan.connect_timeout).await })
-        })
-        .collect();
+    let mut connecting: Vec<JoinHandle<Result<Conn, ClientError>>> = Vec::new();
+    // --connect-rate: one connection attempt every 1/N s.
+    let mut pace = plan.connect_rate.map(|rate| {
+        let mut pace = tokio::time::interval(Duration::from_secs_f64(1.0 / rate));
+        pace.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+        pace
+    });
+    for _ in (0..plan.connections).filter(|_| !plan.reconnect) {
+        if let Some(pace) = &mut pace {
+            pace.tick().await;
+        }
+        let plan = plan.clone();
+        connecting.push(tokio::task::spawn_local(async move {
+            plan.target.open(plan.connect_timeout).await
+        }));
+    }
     let mut conns = Vec::with_capacity(plan.connections);
     for connection in connecting {
         match connection.await.expect("connect task") {

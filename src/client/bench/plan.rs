@@ -68,6 +68,19 @@ pub struct BenchArgs {
     /// Open loop with N messages per second on each connection.
     #[arg(long, value_name = "N")]
     pub rate_per_connection: Option<String>,
+    /// Churn: close each connection after N messages and open a new one in
+    /// its place (connect and TLS/QUIC handshake timed), as a real client
+    /// population does.
+    #[arg(long, value_name = "N")]
+    pub messages_per_connection: Option<u64>,
+    /// Churn: close each connection after SECS (once its echoes are back)
+    /// and open a new one in its place.
+    #[arg(long, value_name = "SECS")]
+    pub lifetime: Option<String>,
+    /// Open the connections at N per second before the load starts,
+    /// instead of all at once.
+    #[arg(long, value_name = "N")]
+    pub connect_rate: Option<String>,
     /// With --rate FROM..TO/SECS (a ramp): the number of steps, evenly
     /// spaced from FROM to TO, each measured for SECS after the warm-up.
     #[arg(long, default_value = "10", value_name = "N")]
@@ -126,6 +139,11 @@ pub struct Plan {
     pub connect_timeout: Duration,
     /// Open loop: messages per second on each connection.
     pub rate_per_connection: Option<f64>,
+    /// Churn: a connection's quota before it is replaced.
+    pub messages_per_connection: Option<u64>,
+    pub lifetime: Option<Duration>,
+    /// Connections opened per second at the start; `None` = all at once.
+    pub connect_rate: Option<f64>,
     /// `--rate FROM..TO/SECS`: the total rate of each step.
     pub ramp: Option<Vec<f64>>,
     pub until_p99: Option<Duration>,
@@ -194,6 +212,22 @@ impl Plan {
                 "--rate and --rate-per-connection drive stream connections: not with --udp, --reconnect or ws://".into(),
             ));
         }
+        let lifetime = args
+            .lifetime
+            .as_deref()
+            .map(|secs| parse_seconds("--lifetime", secs))
+            .transpose()?;
+        let churn = args.messages_per_connection.is_some() || lifetime.is_some();
+        if args.messages_per_connection == Some(0) {
+            return Err(usage(
+                "--messages-per-connection: must be at least 1".into(),
+            ));
+        }
+        if churn && (args.udp || args.reconnect || websocket) {
+            return Err(usage(
+                "--messages-per-connection and --lifetime churn stream connections: not with --udp, --reconnect or ws://".into(),
+            ));
+        }
         let warmup = if args.warmup.trim() == "0" {
             Duration::ZERO
         } else {
@@ -216,6 +250,13 @@ impl Plan {
             },
             connect_timeout: parse_seconds("--connect-timeout", &args.connect_timeout)?,
             rate_per_connection,
+            messages_per_connection: args.messages_per_connection,
+            lifetime,
+            connect_rate: args
+                .connect_rate
+                .as_deref()
+                .map(|rate| parse_rate("--connect-rate", rate.trim_end_matches("/s")))
+                .transpose()?,
             ramp: ramp.map(|(rates, _)| rates),
             until_p99: args
                 .until_p99

@@ -53,6 +53,17 @@ pub struct Report {
     /// With --rate or --rate-per-connection.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub open_loop: Option<OpenLoop>,
+    /// With --messages-per-connection or --lifetime.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub churn: Option<Churn>,
+}
+
+/// Churn: connections opened in place of ones that met their quota, and
+/// their setup time (connect, and the TLS or QUIC handshake).
+#[derive(Debug, Clone, Serialize)]
+pub struct Churn {
+    pub reconnects: u64,
+    pub connect_us: Lag,
 }
 
 /// An open-loop run: the rate asked for, and how far sending fell behind
@@ -140,6 +151,13 @@ pub fn render(plan: &Plan, report: &Report) -> String {
             "open loop   target {:.0} msgs/s; latency counted from when each message was due; \
              sending behind schedule p50 {:.1} us   p99 {:.1} us   max {:.1} us\n",
             open.target_msgs_per_sec, lag.p50, lag.p99, lag.max
+        );
+    }
+    if let Some(churn) = &report.churn {
+        let setup = &churn.connect_us;
+        extra += &format!(
+            "churn       {} connections replaced; setup p50 {:.1} us   p99 {:.1} us   max {:.1} us\n",
+            churn.reconnects, setup.p50, setup.p99, setup.max
         );
     }
     if let Some(cpu) = report.server_cpu_us_per_msg {
@@ -256,6 +274,17 @@ impl Report {
             server_cpu_us_per_msg: server_cpu
                 .filter(|_| messages > 0)
                 .map(|cpu| cpu.as_secs_f64() * 1e6 / messages as f64),
+            churn: (plan.messages_per_connection.is_some() || plan.lifetime.is_some()).then(|| {
+                let connect = tally.connect_ns.borrow();
+                Churn {
+                    reconnects: tally.reconnects.get(),
+                    connect_us: Lag {
+                        p50: micros(connect.value_at_quantile(0.50)),
+                        p99: micros(connect.value_at_quantile(0.99)),
+                        max: micros(connect.max()),
+                    },
+                }
+            }),
             open_loop: plan.rate_per_connection.map(|rate| {
                 let lag = tally.lag_ns.borrow();
                 OpenLoop {

@@ -32,6 +32,10 @@ pub struct Tally {
     pub measure_until: Cell<Option<Instant>>,
     /// Connections being driven now.
     pub open: Cell<u64>,
+    /// Churn: connections opened in place of ones that met their quota,
+    /// and how long each took (connect and handshake).
+    pub reconnects: Cell<u64>,
+    pub connect_ns: RefCell<Histogram<u64>>,
     /// Round trips since the last `--interval` line (warm-up included).
     pub interval_ns: RefCell<Histogram<u64>>,
 }
@@ -50,6 +54,8 @@ impl Tally {
             measure_from: Cell::new(None),
             measure_until: Cell::new(None),
             open: Cell::new(0),
+            reconnects: Cell::new(0),
+            connect_ns: RefCell::new(nanosecond_histogram()),
             interval_ns: RefCell::new(nanosecond_histogram()),
         }
     }
@@ -75,6 +81,13 @@ impl Tally {
                 .borrow_mut()
                 .saturating_record(u64::try_from(nanos).unwrap_or(u64::MAX));
         }
+    }
+
+    /// Churn: a replacement connection is up; its setup began at `started`.
+    pub fn reconnected(&self, started: Instant) {
+        self.reconnects.set(self.reconnects.get() + 1);
+        let nanos = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        self.connect_ns.borrow_mut().saturating_record(nanos);
     }
 
     pub fn completed(&self, sent_at: Instant, now: Instant) {
