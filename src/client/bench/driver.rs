@@ -6,19 +6,17 @@ use std::{
     io,
     pin::Pin,
     rc::Rc,
-    task::{Context, Poll},
+    task::Poll,
     time::{Duration, Instant},
 };
 
 use bytes::{Buf, BytesMut};
-use tokio::{
-    io::{AsyncRead, ReadBuf},
-    net::TcpStream,
-    task::JoinHandle,
-};
+use tokio::{io::ReadBuf, task::JoinHandle};
 use tokio_util::codec::Encoder;
 
 use super::{
+    reconnect::reconnect_loop,
+    stream::BenchStream,
     tally::{Open, Tally, PATTERN_SPAN},
     Plan,
 };
@@ -51,169 +49,6 @@ impl Schedule {
     fn due(&self, message: u64) -> Instant {
         let offset = (message as f64 + self.phase) * self.interval_ns;
         self.start + Duration::from_nanos(offset as u64)
-    }
-}
-
-/// `--reconnect`: each message on its own connection (TLS handshake
-/// included), timed from the connect to the verified echo.
-async fn reconnect_loop(
-    plan: Plan,
-    mut codec: EchoCodec,
-    pattern: Rc<Vec<u8>>,
-    tally: Rc<Tally>,
-    index: usize,
-) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut rng = rng::seed() ^ (index as u64 + 1).wrapping_mul(0xD1B5_4A32_D192_ED03) | 1;
-    let mut message = BytesMut::new();
-    let mut echoed = vec![0u8; plan.wire_size()];
-    loop {
-        let offset = (rng::next(&mut rng) % PATTERN_SPAN as u64) as usize;
-        let payload = &pattern[offset..offset + plan.size];
-        message.clear();
-        if plan.framing == Framing::Lines {
-            message.extend_from_slice(&payload[..plan.size - 1]);
-            message.extend_from_slice(b"\n");
-        } else {
-            codec
-                .encode(payload, &mut message)
-                .expect("size was validated against the frame limit");
-        }
-        let started = Instant::now();
-        let result = async {
-            macro_rules! exchange {
-                ($stream:expr) => {{
-                    let mut stream = $stream;
-                    stream.write_all(&message).await?;
-                    stream.read_exact(&mut echoed).await?;
-                    stream.shutdown().await
-                }};
-            }
-            match plan
-                .target
-                .open(plan.connect_timeout)
-                .await
-                .map_err(|e| io::Error::other(e.to_string()))?
-            {
-                Conn::Tcp(stream) => exchange!(stream),
-                Conn::Tls(stream) => exchange!(stream),
-                #[cfg(unix)]
-                Conn::Unix(stream) => exchange!(stream),
-                Conn::Quic(stream) => exchange!(stream),
-                Conn::Udp(_) | Conn::WebSocket(_) => {
-                    unreachable!("--reconnect is refused with --udp and WebSocket addresses")
-                }
-            }
-        }
-        .await;
-        match result {
-            Ok(()) if echoed[..] == message[..] => tally.completed(started, Instant::now()),
-            Ok(()) => {
-                tally.mismatches.set(tally.mismatches.get() + 1);
-                tally.completed(started, Instant::now());
-            }
-            Err(error) => {
-                tally.error(format!("connection failed: {error}"));
-                // Do not spin on a server that refuses everything.
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-        }
-    }
-}
-
-/// What the stream driver needs of a socket: TCP, Unix and TLS streams.
-trait BenchStream: AsyncRead + Unpin + 'static {
-    /// Writes without waiting (`WouldBlock` when it would).
-    fn try_write(&mut self, buf: &[u8]) -> io::Result<usize>;
-    /// Ready when a write can make progress; for TLS, this pushes out
-    /// encrypted bytes the session still holds.
-    fn poll_write_ready(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>>;
-    /// Bytes accepted by `try_write` that are not on the socket yet.
-    fn wants_flush(&self) -> bool {
-        false
-    }
-    /// This kind of stream out of a freshly opened connection (churn).
-    fn from_conn(conn: Conn) -> Option<Self>
-    where
-        Self: Sized;
-}
-
-impl BenchStream for TcpStream {
-    fn try_write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        TcpStream::try_write(self, buf)
-    }
-    fn poll_write_ready(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        TcpStream::poll_write_ready(self, cx)
-    }
-    fn from_conn(conn: Conn) -> Option<Self> {
-        match conn {
-            Conn::Tcp(stream) => Some(stream),
-            _ => None,
-        }
-    }
-}
-
-#[cfg(unix)]
-impl BenchStream for tokio::net::UnixStream {
-    fn try_write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        tokio::net::UnixStream::try_write(self, buf)
-    }
-    fn poll_write_ready(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        tokio::net::UnixStream::poll_write_ready(self, cx)
-    }
-    fn from_conn(conn: Conn) -> Option<Self> {
-        match conn {
-            Conn::Unix(stream) => Some(stream),
-            _ => None,
-        }
-    }
-}
-
-/// One `poll_write` that does not wait: `WouldBlock` where it would.
-fn write_now<S: tokio::io::AsyncWrite + Unpin>(stream: &mut S, buf: &[u8]) -> io::Result<usize> {
-    let mut cx = Context::from_waker(std::task::Waker::noop());
-    match Pin::new(stream).poll_write(&mut cx, buf) {
-        Poll::Ready(result) => result,
-        Poll::Pending => Err(io::ErrorKind::WouldBlock.into()),
-    }
-}
-
-impl BenchStream for crate::tls::ClientStream<TcpStream> {
-    fn try_write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        // Encrypts into the session and writes what the socket takes; the
-        // real waker is registered by `poll_write_ready`.
-        write_now(self, buf)
-    }
-    fn poll_write_ready(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        use tokio::io::AsyncWrite;
-        Pin::new(self).poll_flush(cx)
-    }
-    fn wants_flush(&self) -> bool {
-        self.get_ref().1.wants_write()
-    }
-    fn from_conn(conn: Conn) -> Option<Self> {
-        match conn {
-            Conn::Tls(stream) => Some(*stream),
-            _ => None,
-        }
-    }
-}
-
-impl BenchStream for crate::client::quic::QuicConn {
-    fn try_write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        // Into quinn's send buffer; it would wait only on flow control.
-        write_now(self, buf)
-    }
-    fn poll_write_ready(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        use tokio::io::AsyncWrite;
-        // An empty write registers the waker when flow control blocks.
-        Pin::new(self).poll_write(cx, &[]).map_ok(|_| ())
-    }
-    fn from_conn(conn: Conn) -> Option<Self> {
-        match conn {
-            Conn::Quic(stream) => Some(*stream),
-            _ => None,
-        }
     }
 }
 

@@ -15,7 +15,9 @@
 mod driver;
 mod plan;
 mod ramp;
+mod reconnect;
 pub mod report;
+mod stream;
 mod tally;
 mod udp;
 mod ws;
