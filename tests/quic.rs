@@ -282,4 +282,11 @@ fn bench_over_quic_verifies_every_echo() {
     assert!(report["messages"].as_u64().unwrap() > 0, "{report}");
     assert_eq!(report["errors"], 0, "{report}");
     assert_eq!(report["mismatches"], 0, "{report}");
+    // Handshake time: the five connections' connect + QUIC handshake.
+    let handshake = &report["handshake_us"];
+    assert!(handshake["p50"].as_f64().unwrap() > 0.0, "{report}");
+    assert!(
+        handshake["max"].as_f64() >= handshake["p50"].as_f64(),
+        "{report}"
+    );
 }

@@ -154,7 +154,7 @@ pub async fn measure(
 
 /// Opens every connection before anything is sent: all up or failed.
 /// (With --reconnect every message makes its own connection: none here.)
-async fn connect_all(plan: &Plan, tally: &Tally) -> Result<Vec<Conn>, ClientError> {
+async fn connect_all(plan: &Plan, tally: &Rc<Tally>) -> Result<Vec<Conn>, ClientError> {
     let mut connecting: Vec<JoinHandle<Result<Conn, ClientError>>> = Vec::new();
     // --connect-rate: one connection attempt every 1/N s.
     let mut pace = plan.connect_rate.map(|rate| {
@@ -166,9 +166,14 @@ async fn connect_all(plan: &Plan, tally: &Tally) -> Result<Vec<Conn>, ClientErro
         if let Some(pace) = &mut pace {
             pace.tick().await;
         }
-        let plan = plan.clone();
+        let (plan, tally) = (plan.clone(), tally.clone());
         connecting.push(tokio::task::spawn_local(async move {
-            plan.target.open(plan.connect_timeout).await
+            let started = Instant::now();
+            let conn = plan.target.open(plan.connect_timeout).await;
+            if conn.is_ok() {
+                tally.set_up(started);
+            }
+            conn
         }));
     }
     let mut conns = Vec::with_capacity(plan.connections);

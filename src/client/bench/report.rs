@@ -56,6 +56,10 @@ pub struct Report {
     /// With --messages-per-connection or --lifetime.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub churn: Option<Churn>,
+    /// tls:, wss:// and quic:: how long the first connections took to be
+    /// ready (connect and handshakes).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub handshake_us: Option<Lag>,
 }
 
 /// Churn: connections opened in place of ones that met their quota, and
@@ -151,6 +155,12 @@ pub fn render(plan: &Plan, report: &Report) -> String {
             "open loop   target {:.0} msgs/s; latency counted from when each message was due; \
              sending behind schedule p50 {:.1} us   p99 {:.1} us   max {:.1} us\n",
             open.target_msgs_per_sec, lag.p50, lag.p99, lag.max
+        );
+    }
+    if let Some(setup) = &report.handshake_us {
+        extra += &format!(
+            "handshake   connect + handshake p50 {:.1} us   p99 {:.1} us   max {:.1} us\n",
+            setup.p50, setup.p99, setup.max
         );
     }
     if let Some(churn) = &report.churn {
@@ -283,6 +293,14 @@ impl Report {
                         p99: micros(connect.value_at_quantile(0.99)),
                         max: micros(connect.max()),
                     },
+                }
+            }),
+            handshake_us: plan.target.tls.is_some().then(|| {
+                let setup = tally.setup_ns.borrow();
+                Lag {
+                    p50: micros(setup.value_at_quantile(0.50)),
+                    p99: micros(setup.value_at_quantile(0.99)),
+                    max: micros(setup.max()),
                 }
             }),
             open_loop: plan.rate_per_connection.map(|rate| {

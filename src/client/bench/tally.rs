@@ -36,6 +36,9 @@ pub struct Tally {
     /// and how long each took (connect and handshake).
     pub reconnects: Cell<u64>,
     pub connect_ns: RefCell<Histogram<u64>>,
+    /// The first connections' setup: connect, then any TLS, QUIC or
+    /// WebSocket handshake.
+    pub setup_ns: RefCell<Histogram<u64>>,
     /// Round trips since the last `--interval` line (warm-up included).
     pub interval_ns: RefCell<Histogram<u64>>,
 }
@@ -56,6 +59,7 @@ impl Tally {
             open: Cell::new(0),
             reconnects: Cell::new(0),
             connect_ns: RefCell::new(nanosecond_histogram()),
+            setup_ns: RefCell::new(nanosecond_histogram()),
             interval_ns: RefCell::new(nanosecond_histogram()),
         }
     }
@@ -81,6 +85,12 @@ impl Tally {
                 .borrow_mut()
                 .saturating_record(u64::try_from(nanos).unwrap_or(u64::MAX));
         }
+    }
+
+    /// One of the first connections is up; its setup began at `started`.
+    pub fn set_up(&self, started: Instant) {
+        let nanos = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        self.setup_ns.borrow_mut().saturating_record(nanos);
     }
 
     /// Churn: a replacement connection is up; its setup began at `started`.
