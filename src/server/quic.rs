@@ -83,11 +83,21 @@ pub fn server_config(
     Ok(server)
 }
 
+/// Socket buffers asked for a QUIC endpoint's UDP socket, each way: every
+/// connection shares this one socket, and a burst from many of them must
+/// not overflow a default-sized (about 200 KiB) buffer and turn into loss.
+/// The kernel caps it at `net.core.rmem_max` / `wmem_max`.
+const SOCKET_BUFFER: usize = 4 << 20;
+
 /// A QUIC endpoint serving on `socket`.
 pub fn endpoint(
     socket: std::net::UdpSocket,
     server: quinn::ServerConfig,
 ) -> io::Result<quinn::Endpoint> {
+    let sock = socket2::SockRef::from(&socket);
+    // Best effort: a smaller buffer still works, it only drops sooner.
+    let _ = sock.set_recv_buffer_size(SOCKET_BUFFER);
+    let _ = sock.set_send_buffer_size(SOCKET_BUFFER);
     quinn::Endpoint::new(
         quinn::EndpointConfig::default(),
         Some(server),
