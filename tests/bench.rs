@@ -265,6 +265,8 @@ fn bad_bench_usage_exits_two() {
         &["--rate", "100", "--udp"],
         &["--rate", "100", "--until-p99", "2ms"],
         &["--rate", "5k..1k/1s"],
+        &["--streams", "2"],
+        &["--streams", "0"],
         &["--rate", "1k..5k"],
         &["--rate", "1k..5k/1s", "--until-p99", "soon"],
     ] {

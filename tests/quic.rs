@@ -290,3 +290,52 @@ fn bench_over_quic_verifies_every_echo() {
         "{report}"
     );
 }
+
+#[test]
+fn bench_streams_drives_several_streams_on_each_connection() {
+    let pki = Pki::new();
+    let (mut server, addr) = quic_server(&pki, &["--admin", "127.0.0.1:0"]);
+    let line = server.wait_for("admin listening on ");
+    let admin = line
+        .split("admin listening on ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap()
+        .to_owned();
+    let (code, stdout, stderr) = common::run_binary(
+        env!("CARGO_BIN_EXE_echo-client"),
+        &[
+            "bench",
+            &format!("quic:{addr}"),
+            "--tls-ca",
+            &pki.arg("ca.pem"),
+            "--connections",
+            "2",
+            "--streams",
+            "5",
+            "--duration",
+            "0.5",
+            "--warmup",
+            "0",
+            "--json",
+        ],
+        &[],
+        b"",
+    );
+    assert_eq!(code, Some(0), "{stderr}");
+    let report: Value = serde_json::from_slice(&stdout).unwrap();
+    assert_eq!(report["streams_per_connection"], 5, "{report}");
+    assert_eq!(report["mismatches"], 0, "{report}");
+    assert_eq!(report["errors"], 0, "{report}");
+    // The server saw two connections and ten streams.
+    let metrics = std::process::Command::new("curl")
+        .args(["-s", &format!("http://{admin}/metrics")])
+        .output()
+        .expect("curl (.ci/run installs it)");
+    let metrics = String::from_utf8_lossy(&metrics.stdout);
+    assert!(
+        metrics.contains("echod_listener_connections_total{listener=\"quic\"} 2"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("echod_quic_streams_total 10"), "{metrics}");
+}

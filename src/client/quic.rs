@@ -19,13 +19,33 @@ use crate::addr::ListenAddr;
 pub const ALPN: &[u8] = b"echo";
 
 /// One stream of a QUIC connection; the connection closes (code 0) when
-/// this is dropped.
+/// its last stream is dropped.
 pub struct QuicConn {
     send: quinn::SendStream,
     recv: quinn::RecvStream,
+    shared: std::sync::Arc<Shared>,
+}
+
+/// What the streams of one connection share.
+struct Shared {
     connection: quinn::Connection,
-    /// Keeps the endpoint's socket and driver alive as long as the stream.
-    _endpoint: quinn::Endpoint,
+    /// Keeps the endpoint's socket and driver alive as long as a stream.
+    endpoint: quinn::Endpoint,
+}
+
+impl QuicConn {
+    /// Another bidirectional stream on the same connection.
+    pub async fn open_stream(&self, timeout: Duration) -> Result<QuicConn, ClientError> {
+        let (send, recv) = tokio::time::timeout(timeout, self.shared.connection.open_bi())
+            .await
+            .map_err(|_| ClientError::Failed("opening a QUIC stream timed out".into()))?
+            .map_err(|error| ClientError::Failed(format!("cannot open a QUIC stream: {error}")))?;
+        Ok(QuicConn {
+            send,
+            recv,
+            shared: self.shared.clone(),
+        })
+    }
 }
 
 /// Connects, completes the handshake and opens a stream, within `timeout`.
@@ -65,15 +85,17 @@ pub async fn connect(
     Ok(QuicConn {
         send,
         recv,
-        connection,
-        _endpoint: endpoint,
+        shared: std::sync::Arc::new(Shared {
+            connection,
+            endpoint,
+        }),
     })
 }
 
 /// Endpoints whose connection was closed: their close must still be sent.
 static CLOSING: std::sync::Mutex<Vec<quinn::Endpoint>> = std::sync::Mutex::new(Vec::new());
 
-impl Drop for QuicConn {
+impl Drop for Shared {
     fn drop(&mut self) {
         self.connection.close(0u32.into(), b"done");
         let mut closing = CLOSING
@@ -82,7 +104,7 @@ impl Drop for QuicConn {
         // Bounded: an endpoint whose close is done is let go (its socket
         // closes), so `bench --reconnect` does not pile up sockets.
         closing.retain(|endpoint| endpoint.open_connections() > 0);
-        closing.push(self._endpoint.clone());
+        closing.push(self.endpoint.clone());
     }
 }
 

@@ -138,7 +138,7 @@ impl<S: BenchStream> Driver<S> {
             schedule: plan.rate_per_connection.map(|rate| Schedule {
                 start: Instant::now(),
                 interval_ns: 1e9 / rate,
-                phase: index as f64 / plan.connections as f64,
+                phase: index as f64 / plan.drivers() as f64,
                 next: 0,
             }),
             due_at: std::collections::VecDeque::new(),

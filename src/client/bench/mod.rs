@@ -176,9 +176,19 @@ async fn connect_all(plan: &Plan, tally: &Rc<Tally>) -> Result<Vec<Conn>, Client
             conn
         }));
     }
-    let mut conns = Vec::with_capacity(plan.connections);
+    let mut conns = Vec::with_capacity(plan.connections * plan.streams);
     for connection in connecting {
         match connection.await.expect("connect task") {
+            // --streams: the connection's further streams, each a driver.
+            Ok(Conn::Quic(first)) if plan.streams > 1 => {
+                for _ in 1..plan.streams {
+                    match first.open_stream(plan.connect_timeout).await {
+                        Ok(stream) => conns.push(Conn::Quic(Box::new(stream))),
+                        Err(error) => tally.error(error.to_string()),
+                    }
+                }
+                conns.push(Conn::Quic(first));
+            }
             Ok(conn) => conns.push(conn),
             Err(error) => tally.error(error.to_string()),
         }

@@ -68,6 +68,10 @@ pub struct BenchArgs {
     /// Open loop with N messages per second on each connection.
     #[arg(long, value_name = "N")]
     pub rate_per_connection: Option<String>,
+    /// quic: only: bidirectional streams per connection, each driven as a
+    /// connection is (--connections counts QUIC connections).
+    #[arg(long, default_value = "1", value_name = "N")]
+    pub streams: usize,
     /// Churn: close each connection after N messages and open a new one in
     /// its place (connect and TLS/QUIC handshake timed), as a real client
     /// population does.
@@ -139,6 +143,8 @@ pub struct Plan {
     pub connect_timeout: Duration,
     /// Open loop: messages per second on each connection.
     pub rate_per_connection: Option<f64>,
+    /// quic: streams per connection.
+    pub streams: usize,
     /// Churn: a connection's quota before it is replaced.
     pub messages_per_connection: Option<u64>,
     pub lifetime: Option<Duration>,
@@ -201,15 +207,31 @@ impl Plan {
         let rate_per_connection = match (&args.rate, &args.rate_per_connection) {
             (Some(_), _) if ramp.is_some() => {
                 let (rates, _) = ramp.as_ref().expect("a ramp");
-                Some(rates[0] / args.connections.max(1) as f64)
+                Some(rates[0] / (args.connections.max(1) * args.streams.max(1)) as f64)
             }
-            (Some(total), _) => Some(parse_rate("--rate", total)? / args.connections.max(1) as f64),
+            (Some(total), _) => Some(
+                parse_rate("--rate", total)?
+                    / (args.connections.max(1) * args.streams.max(1)) as f64,
+            ),
             (None, Some(each)) => Some(parse_rate("--rate-per-connection", each)?),
             (None, None) => None,
         };
         if rate_per_connection.is_some() && (args.udp || args.reconnect || websocket) {
             return Err(usage(
                 "--rate and --rate-per-connection drive stream connections: not with --udp, --reconnect or ws://".into(),
+            ));
+        }
+        if args.streams == 0 || args.streams > 10_000 {
+            return Err(usage("--streams: must be from 1 to 10000".into()));
+        }
+        if args.streams > 1 && !matches!(endpoint, Endpoint::Quic(_)) {
+            return Err(usage("--streams needs a quic:HOST:PORT address".into()));
+        }
+        if args.streams > 1
+            && (args.reconnect || args.messages_per_connection.is_some() || args.lifetime.is_some())
+        {
+            return Err(usage(
+                "--streams does not go with --reconnect or churn".into(),
             ));
         }
         let lifetime = args
@@ -250,6 +272,7 @@ impl Plan {
             },
             connect_timeout: parse_seconds("--connect-timeout", &args.connect_timeout)?,
             rate_per_connection,
+            streams: args.streams,
             messages_per_connection: args.messages_per_connection,
             lifetime,
             connect_rate: args
@@ -270,6 +293,11 @@ impl Plan {
             },
             json_stream: args.json_stream,
         })
+    }
+
+    /// Connections driven at once: with --streams, every stream.
+    pub fn drivers(&self) -> usize {
+        self.connections * self.streams
     }
 
     /// Bytes one message occupies on the wire.

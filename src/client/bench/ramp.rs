@@ -24,7 +24,7 @@ pub fn run_ramp(
     for &rate in rates {
         let mut step = plan.clone();
         step.ramp = None;
-        step.rate_per_connection = Some(rate / plan.connections as f64);
+        step.rate_per_connection = Some(rate / plan.drivers() as f64);
         let (report, _, first_errors) = measure_once(runtime, &step, false)?;
         for error in &first_errors {
             eprintln!("echo-client bench: {error}");

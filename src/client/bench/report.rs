@@ -56,6 +56,9 @@ pub struct Report {
     /// With --messages-per-connection or --lifetime.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub churn: Option<Churn>,
+    /// quic: with --streams N: streams per connection.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub streams_per_connection: Option<usize>,
     /// tls:, wss:// and quic:: how long the first connections took to be
     /// ready (connect and handshakes).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -156,6 +159,10 @@ pub fn render(plan: &Plan, report: &Report) -> String {
              sending behind schedule p50 {:.1} us   p99 {:.1} us   max {:.1} us\n",
             open.target_msgs_per_sec, lag.p50, lag.p99, lag.max
         );
+    }
+    if let Some(streams) = report.streams_per_connection {
+        extra +=
+            &format!("streams     {streams} per QUIC connection, each driven as a connection\n");
     }
     if let Some(setup) = &report.handshake_us {
         extra += &format!(
@@ -295,6 +302,7 @@ impl Report {
                     },
                 }
             }),
+            streams_per_connection: (plan.streams > 1).then_some(plan.streams),
             handshake_us: plan.target.tls.is_some().then(|| {
                 let setup = tally.setup_ns.borrow();
                 Lag {
@@ -306,7 +314,7 @@ impl Report {
             open_loop: plan.rate_per_connection.map(|rate| {
                 let lag = tally.lag_ns.borrow();
                 OpenLoop {
-                    target_msgs_per_sec: rate * plan.connections as f64,
+                    target_msgs_per_sec: rate * plan.drivers() as f64,
                     schedule_lag_us: Lag {
                         p50: micros(lag.value_at_quantile(0.50)),
                         p99: micros(lag.value_at_quantile(0.99)),
