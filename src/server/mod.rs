@@ -123,7 +123,7 @@ impl Server {
     }
 
     /// Serves every TCP listener on each of `cores` too, with one socket
-    /// per core (see [`cores`]). Unix listeners, UDP and the admin endpoint
+    /// per core (see [`cores`]). Unix listeners, UDP, QUIC and the admin endpoint
     /// stay on the calling runtime.
     fn spread(&mut self, cores: &[tokio::runtime::Handle]) -> Result<(), ServerError> {
         for core in cores {
