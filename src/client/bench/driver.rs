@@ -228,9 +228,7 @@ impl<S: BenchStream> Driver<S> {
             // Open loop, with room in the queue: wake when the next message
             // is due. (With the queue full only echoes free room, so the
             // timer, already due, must not spin the loop.)
-            let open_loop = self.schedule.is_some()
-                && !quota_met
-                && self.out.len() + self.wire_size <= OUT_QUEUE_LIMIT.max(self.wire_size);
+            let open_loop = self.schedule.is_some() && !quota_met && self.has_room();
             let (stream, timer) = (&mut self.stream, &mut self.timer);
             let read = std::future::poll_fn(|cx| {
                 // Open loop: the next message is due.
@@ -268,47 +266,46 @@ impl<S: BenchStream> Driver<S> {
 
     /// Queues messages up to the pipeline depth and the queue limit.
     fn enqueue(&mut self) {
-        while self.queued - self.done < self.pipeline as u64
-            && self.out.len() + self.wire_size <= OUT_QUEUE_LIMIT.max(self.wire_size)
-        {
-            let offset = (rng::next(&mut self.rng) % PATTERN_SPAN as u64) as usize;
-            let message = &self.pattern[offset..offset + self.size];
-            if self.codec.framing() == Framing::Lines {
-                self.out.extend_from_slice(&message[..self.size - 1]);
-                self.out.extend_from_slice(b"\n");
-            } else {
-                self.codec
-                    .encode(message, &mut self.out)
-                    .expect("size was validated against the frame limit");
-            }
-            self.queued += 1;
+        while self.queued - self.done < self.pipeline as u64 && self.has_room() {
+            self.push_message();
         }
     }
 
     /// Open loop: queues every message due by now (as far as the queue
     /// limit lets: the rest stay due, and their lateness counts).
     fn enqueue_due(&mut self) {
-        let Some(schedule) = &mut self.schedule else {
-            return;
-        };
         let now = Instant::now();
-        while schedule.due(schedule.next) <= now + TIMER_SLACK
-            && self.out.len() + self.wire_size <= OUT_QUEUE_LIMIT.max(self.wire_size)
-        {
-            let offset = (rng::next(&mut self.rng) % PATTERN_SPAN as u64) as usize;
-            let message = &self.pattern[offset..offset + self.size];
-            if self.codec.framing() == Framing::Lines {
-                self.out.extend_from_slice(&message[..self.size - 1]);
-                self.out.extend_from_slice(b"\n");
-            } else {
-                self.codec
-                    .encode(message, &mut self.out)
-                    .expect("size was validated against the frame limit");
+        while let Some(schedule) = &self.schedule {
+            let due = schedule.due(schedule.next);
+            if due > now + TIMER_SLACK || !self.has_room() {
+                return;
             }
-            self.due_at.push_back(schedule.due(schedule.next));
-            schedule.next += 1;
-            self.queued += 1;
+            self.push_message();
+            self.due_at.push_back(due);
+            if let Some(schedule) = &mut self.schedule {
+                schedule.next += 1;
+            }
         }
+    }
+
+    /// Room in the queue for one more message.
+    fn has_room(&self) -> bool {
+        self.out.len() + self.wire_size <= OUT_QUEUE_LIMIT.max(self.wire_size)
+    }
+
+    /// Queues one message cut from the random pattern, framed.
+    fn push_message(&mut self) {
+        let offset = (rng::next(&mut self.rng) % PATTERN_SPAN as u64) as usize;
+        let message = &self.pattern[offset..offset + self.size];
+        if self.codec.framing() == Framing::Lines {
+            self.out.extend_from_slice(&message[..self.size - 1]);
+            self.out.extend_from_slice(b"\n");
+        } else {
+            self.codec
+                .encode(message, &mut self.out)
+                .expect("size was validated against the frame limit");
+        }
+        self.queued += 1;
     }
 
     /// Writes what it can without waiting, stamping each message whose
