@@ -339,3 +339,47 @@ fn bench_streams_drives_several_streams_on_each_connection() {
     );
     assert!(metrics.contains("echod_quic_streams_total 10"), "{metrics}");
 }
+
+/// SIGHUP reloads the certificate for new QUIC handshakes: after the
+/// files are swapped for an expired certificate, a new aioquic connection
+/// fails to verify it, while before it succeeded.
+#[test]
+fn sighup_gives_new_quic_handshakes_the_new_certificate() {
+    let Some(python) = aioquic() else { return };
+    let pki = Pki::new();
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    std::fs::copy(pki.path("server.pem"), &cert).unwrap();
+    std::fs::copy(pki.path("server-key.pem"), &key).unwrap();
+    let (cert_arg, key_arg) = (cert.display().to_string(), key.display().to_string());
+    let mut server = ServerProcess::spawn(
+        &[
+            "--listen",
+            "quic:127.0.0.1:0",
+            "--tls-cert",
+            &cert_arg,
+            "--tls-key",
+            &key_arg,
+        ],
+        &[],
+    );
+    let line = server.wait_for("listening on quic:");
+    let addr: SocketAddr = line
+        .split("listening on quic:")
+        .nth(1)
+        .and_then(|rest| rest.split(|c: char| c.is_whitespace() || c == '"').next())
+        .and_then(|addr| addr.parse().ok())
+        .unwrap();
+    let result = scenario(&python, &pki, addr, "lines");
+    assert_eq!(result["echoed"], result["sent"], "{result}");
+    std::fs::copy(pki.path("expired.pem"), &cert).unwrap();
+    std::fs::copy(pki.path("expired-key.pem"), &key).unwrap();
+    server.signal(libc::SIGHUP);
+    server.wait_for("configuration reloaded");
+    let refused = peer_command(&python, &pki, addr, "lines").output().unwrap();
+    assert!(
+        !refused.status.success(),
+        "the expired certificate was accepted: {}",
+        String::from_utf8_lossy(&refused.stdout)
+    );
+}
