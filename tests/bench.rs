@@ -676,3 +676,26 @@ async fn churn_replaces_each_connection_after_its_quota() {
     assert!(full >= reconnects, "{carried:?}");
     assert!(carried.iter().all(|&bytes| bytes <= 20 * 32), "{carried:?}");
 }
+
+/// `--interval` without JSON: one line per interval on stderr (no terminal
+/// here, so no progress bar), the report on stdout as usual.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn interval_lines_go_to_stderr_one_per_interval() {
+    let server = TestServer::start(config()).await;
+    let mut args = lasting(
+        args(server.addr(), &["--connections", "3", "--size", "32"]),
+        "1",
+    );
+    args.retain(|arg| arg != "--json");
+    args.extend(["--interval", "0.25"].map(String::from));
+    let (code, stdout, stderr) = bench(args).await;
+    assert_eq!(code, Some(0), "{stderr}");
+    let lines: Vec<&str> = stderr
+        .lines()
+        .filter(|line| line.contains("msgs/s"))
+        .collect();
+    assert!((3..=5).contains(&lines.len()), "{stderr}");
+    assert!(lines.iter().all(|line| line.contains("open 3")), "{stderr}");
+    let report = String::from_utf8(stdout).unwrap();
+    assert!(report.starts_with("3 connections x 32 B"), "{report}");
+}
