@@ -42,14 +42,18 @@ fn quic_server(pki: &Pki, extra: &[&str]) -> (ServerProcess, SocketAddr) {
     ];
     args.extend_from_slice(extra);
     let mut server = ServerProcess::spawn(&args, &[]);
+    let addr = quic_addr(&mut server);
+    (server, addr)
+}
+
+/// The address of the `listening on quic:` line.
+fn quic_addr(server: &mut ServerProcess) -> SocketAddr {
     let line = server.wait_for("listening on quic:");
-    let addr = line
-        .split("listening on quic:")
+    line.split("listening on quic:")
         .nth(1)
         .and_then(|rest| rest.split(|c: char| c.is_whitespace() || c == '"').next())
         .and_then(|addr| addr.parse().ok())
-        .unwrap_or_else(|| panic!("no address in {line}"));
-    (server, addr)
+        .unwrap_or_else(|| panic!("no address in {line}"))
 }
 
 fn peer_command(python: &str, pki: &Pki, addr: SocketAddr, scenario: &str) -> Command {
@@ -363,13 +367,7 @@ fn sighup_gives_new_quic_handshakes_the_new_certificate() {
         ],
         &[],
     );
-    let line = server.wait_for("listening on quic:");
-    let addr: SocketAddr = line
-        .split("listening on quic:")
-        .nth(1)
-        .and_then(|rest| rest.split(|c: char| c.is_whitespace() || c == '"').next())
-        .and_then(|addr| addr.parse().ok())
-        .unwrap();
+    let addr = quic_addr(&mut server);
     let result = scenario(&python, &pki, addr, "lines");
     assert_eq!(result["echoed"], result["sent"], "{result}");
     std::fs::copy(pki.path("expired.pem"), &cert).unwrap();
