@@ -730,13 +730,6 @@ async fn the_admin_endpoint_answers_metrics_liveness_readiness_head_405_and_404(
     server.shutdown().await;
 }
 
-/// The address in the `admin listening on ADDR` line.
-fn admin_addr(server: &mut ServerProcess) -> SocketAddr {
-    let line = server.wait_for("admin listening on");
-    let rest = line.split("admin listening on ").nth(1).unwrap();
-    rest.split_whitespace().next().unwrap().parse().unwrap()
-}
-
 /// `--drain-delay` (contract): at SIGTERM `/readyz` answers 503 at once
 /// while the listeners keep accepting and serving for the delay; then the
 /// graceful shutdown runs and the process exits 0.
@@ -754,7 +747,7 @@ async fn during_the_drain_delay_readyz_is_503_and_new_clients_are_still_served()
         &[],
     );
     let addr = server.listening(1)[0];
-    let admin = admin_addr(&mut server);
+    let admin = server.admin_addr();
     assert!(http(admin, "GET", "/readyz")
         .await
         .0
@@ -826,7 +819,7 @@ async fn health_checks_are_not_logged_at_info() {
         &[],
     );
     let addr = server.listening(1)[0];
-    let admin = admin_addr(&mut server);
+    let admin = server.admin_addr();
     let local_header = [&b"\r\n\r\n\0\r\nQUIT\n"[..], &[0x20, 0x00, 0x00, 0x00]].concat();
     for _ in 0..3 {
         drop(TcpStream::connect(addr).await.unwrap());

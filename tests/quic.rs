@@ -257,32 +257,34 @@ fn the_bundled_client_echoes_stdin_lines_over_quic() {
     assert_eq!(stdout, b"one\ntwo\r\nthree");
 }
 
+/// `echo-client bench quic:ADDR` with `extra` flags, for half a second;
+/// its JSON report, after checking it exited 0.
+fn quic_bench(pki: &Pki, addr: SocketAddr, extra: &[&str]) -> Value {
+    let target = format!("quic:{addr}");
+    let ca = pki.arg("ca.pem");
+    let mut args = vec![
+        "bench",
+        &target,
+        "--tls-ca",
+        &ca,
+        "--duration",
+        "0.5",
+        "--warmup",
+        "0",
+        "--json",
+    ];
+    args.extend_from_slice(extra);
+    let (code, stdout, stderr) =
+        common::run_binary(env!("CARGO_BIN_EXE_echo-client"), &args, &[], b"");
+    assert_eq!(code, Some(0), "{stderr}");
+    serde_json::from_slice(&stdout).unwrap()
+}
+
 #[test]
 fn bench_over_quic_verifies_every_echo() {
     let pki = Pki::new();
     let (_server, addr) = quic_server(&pki, &[]);
-    let (code, stdout, stderr) = common::run_binary(
-        env!("CARGO_BIN_EXE_echo-client"),
-        &[
-            "bench",
-            &format!("quic:{addr}"),
-            "--tls-ca",
-            &pki.arg("ca.pem"),
-            "--connections",
-            "5",
-            "--size",
-            "100",
-            "--duration",
-            "0.5",
-            "--warmup",
-            "0",
-            "--json",
-        ],
-        &[],
-        b"",
-    );
-    assert_eq!(code, Some(0), "{stderr}");
-    let report: Value = serde_json::from_slice(&stdout).unwrap();
+    let report = quic_bench(&pki, addr, &["--connections", "5", "--size", "100"]);
     assert!(report["messages"].as_u64().unwrap() > 0, "{report}");
     assert_eq!(report["errors"], 0, "{report}");
     assert_eq!(report["mismatches"], 0, "{report}");
@@ -299,35 +301,8 @@ fn bench_over_quic_verifies_every_echo() {
 fn bench_streams_drives_several_streams_on_each_connection() {
     let pki = Pki::new();
     let (mut server, addr) = quic_server(&pki, &["--admin", "127.0.0.1:0"]);
-    let line = server.wait_for("admin listening on ");
-    let admin = line
-        .split("admin listening on ")
-        .nth(1)
-        .and_then(|rest| rest.split_whitespace().next())
-        .unwrap()
-        .to_owned();
-    let (code, stdout, stderr) = common::run_binary(
-        env!("CARGO_BIN_EXE_echo-client"),
-        &[
-            "bench",
-            &format!("quic:{addr}"),
-            "--tls-ca",
-            &pki.arg("ca.pem"),
-            "--connections",
-            "2",
-            "--streams",
-            "5",
-            "--duration",
-            "0.5",
-            "--warmup",
-            "0",
-            "--json",
-        ],
-        &[],
-        b"",
-    );
-    assert_eq!(code, Some(0), "{stderr}");
-    let report: Value = serde_json::from_slice(&stdout).unwrap();
+    let admin = server.admin_addr();
+    let report = quic_bench(&pki, addr, &["--connections", "2", "--streams", "5"]);
     assert_eq!(report["streams_per_connection"], 5, "{report}");
     assert_eq!(report["mismatches"], 0, "{report}");
     assert_eq!(report["errors"], 0, "{report}");

@@ -270,6 +270,14 @@ impl ServerProcess {
             .unwrap_or_else(|| panic!("no address in {line}"))
     }
 
+    /// The address in the `admin listening on ADDR` line.
+    #[allow(dead_code)]
+    pub fn admin_addr(&mut self) -> SocketAddr {
+        let line = self.wait_for("admin listening on");
+        let rest = line.split("admin listening on ").nth(1).unwrap();
+        rest.split_whitespace().next().unwrap().parse().unwrap()
+    }
+
     /// The addresses from the `listening on` lines, once `count` are logged.
     pub fn listening(&mut self, count: usize) -> Vec<SocketAddr> {
         let mut addrs = Vec::new();
