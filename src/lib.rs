@@ -19,6 +19,7 @@
 //!   config/   one table of keys, layers, validation (pure data)
 //!   logging   tracing to stderr
 //!   stream    EchoStream and its impls; Rewind
+//!   clock     a monotonic clock cheap enough for every read
 //!   addr      listen/connect addresses
 //!   codec     Framing + the Framer that owns its scan state
 //! ```
@@ -32,6 +33,7 @@
 
 pub mod addr;
 pub mod client;
+pub mod clock;
 pub mod codec;
 pub mod config;
 pub mod logging;

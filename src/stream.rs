@@ -12,11 +12,12 @@ use std::{
         Arc,
     },
     task::{Context, Poll},
-    time::{Duration, Instant},
 };
 
 use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+use crate::clock::Stamp;
 
 /// Whether an I/O error means only that the peer went away (reset, broken
 /// pipe, aborted, or a TLS stream cut without `close_notify`): routine for
@@ -59,34 +60,24 @@ pub trait EchoStream: AsyncRead + AsyncWrite + Unpin {
 /// When the oldest incomplete unit of input below the echo loop began
 /// (`None` when there is none), shared between the layer that sees the
 /// input and the echo loop's timer.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub struct InputClock {
-    base: Instant,
-    /// Nanoseconds after `base`, plus one; 0 = nothing incomplete.
+    /// The [`Stamp`] in nanoseconds, plus one; 0 = nothing incomplete.
     since: AtomicU64,
 }
 
-impl Default for InputClock {
-    fn default() -> Self {
-        InputClock {
-            base: Instant::now(),
-            since: AtomicU64::new(0),
-        }
-    }
-}
-
 impl InputClock {
-    pub fn since(&self) -> Option<Instant> {
+    pub fn since(&self) -> Option<Stamp> {
         match self.since.load(Ordering::Relaxed) {
             0 => None,
-            nanos => Some(self.base + Duration::from_nanos(nanos - 1)),
+            nanos => Some(Stamp::from_nanos(nanos - 1)),
         }
     }
 
     /// Incomplete input is waiting: starts the clock if it is not running.
     pub fn incomplete(&self) {
         if self.since.load(Ordering::Relaxed) == 0 {
-            let nanos = self.base.elapsed().as_nanos().min(u64::MAX as u128 - 1) as u64;
+            let nanos = Stamp::now().as_nanos().min(u64::MAX - 1);
             self.since.store(nanos + 1, Ordering::Relaxed);
         }
     }

@@ -10,7 +10,7 @@ use std::{
     io,
     pin::Pin,
     task::{Context, Poll},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use bytes::{Buf, BytesMut};
@@ -182,7 +182,7 @@ impl<S: EchoStream> Echo<'_, S> {
         if self.buf.is_empty() {
             self.idle.partial_since = None;
         } else if batch.len > 0 || self.idle.partial_since.is_none() {
-            self.idle.partial_since = Some(Instant::now());
+            self.idle.frame_started();
         }
         Ok(batch.error)
     }

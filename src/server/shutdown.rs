@@ -15,10 +15,12 @@
 
 use std::{
     future::Future,
+    pin::Pin,
     sync::{
-        atomic::{AtomicUsize, Ordering},
+        atomic::{AtomicBool, AtomicUsize, Ordering},
         Arc,
     },
+    task::{Context, Poll, Waker},
     time::Duration,
 };
 
@@ -40,31 +42,41 @@ pub struct ShutdownReport {
 pub struct Shutdown {
     drain: CancellationToken,
     cut: CancellationToken,
-    lingering: Arc<AtomicUsize>,
+    state: Arc<State>,
+}
+
+/// What every task reads without a lock. A token's own `is_cancelled`
+/// takes its node's mutex; these flags are set just before the tokens are
+/// cancelled, so a task that sees one unset and waits is still woken.
+#[derive(Debug, Default)]
+struct State {
+    draining: AtomicBool,
+    cut: AtomicBool,
+    lingering: AtomicUsize,
 }
 
 impl Shutdown {
     /// True once the graceful shutdown has begun. One atomic load: cheap
     /// enough for every turn of a loop.
     pub fn is_draining(&self) -> bool {
-        self.drain.is_cancelled()
+        self.state.draining.load(Ordering::Acquire)
     }
 
     /// Resolves when the graceful shutdown begins.
-    pub fn draining(&self) -> WaitForCancellationFuture<'_> {
-        self.drain.cancelled()
+    pub fn draining(&self) -> Signal<'_> {
+        Signal::new(&self.state.draining, self.drain.cancelled())
     }
 
     /// Resolves when what is still open must be dropped.
-    pub fn cut(&self) -> WaitForCancellationFuture<'_> {
-        self.cut.cancelled()
+    pub fn cut(&self) -> Signal<'_> {
+        Signal::new(&self.state.cut, self.cut.cancelled())
     }
 
     /// Counts this task as lingering (owing its client nothing more) for
     /// as long as the guard lives.
     pub fn linger(&self) -> Lingering {
-        self.lingering.fetch_add(1, Ordering::Relaxed);
-        Lingering(self.lingering.clone())
+        self.state.lingering.fetch_add(1, Ordering::Relaxed);
+        Lingering(self.state.clone())
     }
 
     /// The value for one more task. Its own child token means that waiting
@@ -74,18 +86,62 @@ impl Shutdown {
         Shutdown {
             drain: self.drain.child_token(),
             cut: self.cut.clone(),
-            lingering: self.lingering.clone(),
+            state: self.state.clone(),
         }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// Waits for one stage of the shutdown. Polled once, it registers the
+    /// task with the token; polled again by the same task (every time the
+    /// task wakes for I/O), it only loads the stage's flag: the token's
+    /// own future would take a mutex on each poll.
+    pub struct Signal<'a> {
+        flag: &'a AtomicBool,
+        registered: Option<Waker>,
+        #[pin]
+        wait: WaitForCancellationFuture<'a>,
+    }
+}
+
+impl<'a> Signal<'a> {
+    fn new(flag: &'a AtomicBool, wait: WaitForCancellationFuture<'a>) -> Self {
+        Signal {
+            flag,
+            registered: None,
+            wait,
+        }
+    }
+}
+
+impl Future for Signal<'_> {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = self.project();
+        if this.flag.load(Ordering::Acquire) {
+            return Poll::Ready(());
+        }
+        if let Some(waker) = this.registered {
+            if waker.will_wake(cx.waker()) {
+                return Poll::Pending;
+            }
+        }
+        if this.wait.poll(cx).is_ready() {
+            return Poll::Ready(());
+        }
+        *this.registered = Some(cx.waker().clone());
+        Poll::Pending
     }
 }
 
 /// A task counted as lingering while alive.
 #[derive(Debug)]
-pub struct Lingering(Arc<AtomicUsize>);
+pub struct Lingering(Arc<State>);
 
 impl Drop for Lingering {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
+        self.0.lingering.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -101,7 +157,7 @@ impl Default for Shutdown {
         Shutdown {
             drain: CancellationToken::new(),
             cut: CancellationToken::new(),
-            lingering: Arc::new(AtomicUsize::new(0)),
+            state: Arc::default(),
         }
     }
 }
@@ -131,6 +187,7 @@ impl Coordinator {
 
     /// Starts the graceful shutdown: listeners close, connections finish.
     pub fn drain(&self) {
+        self.root.state.draining.store(true, Ordering::Release);
         self.root.drain.cancel();
     }
 
@@ -151,7 +208,7 @@ impl Coordinator {
             }
             cause = cut_now => format!("still open at a second {cause}"),
         };
-        let lingering = self.root.lingering.load(Ordering::Relaxed);
+        let lingering = self.root.state.lingering.load(Ordering::Relaxed);
         let report = ShutdownReport {
             cut: self.tasks.len().saturating_sub(lingering),
         };
@@ -161,8 +218,45 @@ impl Coordinator {
                 "{} connection(s) {why} were cut", report.cut
             );
         }
+        self.root.state.cut.store(true, Ordering::Release);
         self.root.cut.cancel();
         self.tasks.wait().await;
         report
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A task that polls its drain signal on every wake (as the echo loop
+    /// does while its input is always ready) is still woken by the drain.
+    #[tokio::test]
+    async fn a_signal_polled_many_times_by_one_task_still_resolves() {
+        let coordinator = Coordinator::new();
+        let shutdown = coordinator.shutdown();
+        let (polled, mut polls) = tokio::sync::watch::channel(0u32);
+        let waiter = tokio::spawn(async move {
+            let signal = shutdown.draining();
+            tokio::pin!(signal);
+            let mut count = 0;
+            loop {
+                tokio::select! {
+                    biased;
+                    () = &mut signal => return count,
+                    () = tokio::task::yield_now(), if count < 100 => {
+                        count += 1;
+                        polled.send_replace(count);
+                    }
+                }
+            }
+        });
+        polls.wait_for(|count| *count == 100).await.unwrap();
+        coordinator.drain();
+        let count = tokio::time::timeout(Duration::from_secs(5), waiter)
+            .await
+            .expect("the drain did not wake a task that had polled its signal")
+            .unwrap();
+        assert_eq!(count, 100);
     }
 }

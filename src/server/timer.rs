@@ -1,28 +1,33 @@
 //! A connection's idle and frame timeouts, kept cheap on the hot path: I/O
-//! only records times, and one timer is re-armed only when its deadline
-//! moves earlier or it fires before the (since moved) deadline.
+//! only records times (from the coarse [`Stamp`] clock), and one timer is
+//! re-armed only when its deadline moves earlier or it fires before the
+//! (since moved) deadline. While it is armed for the current deadline, a
+//! poll from the same task does not touch the timer at all: the timer
+//! already holds the task's waker.
 
 use std::{
     future::Future,
     pin::Pin,
     sync::Arc,
-    task::{Context, Poll},
-    time::{Duration, Instant},
+    task::{Context, Poll, Waker},
+    time::Duration,
 };
 
 use super::reason::CloseReason;
-use crate::stream::InputClock;
+use crate::{clock::Stamp, stream::InputClock};
 
 pub struct IdleTimer {
     timeout: Option<Duration>,
     frame_timeout: Option<Duration>,
-    last_activity: Instant,
+    last_activity: Stamp,
     /// When the oldest unfinished frame began, if there is one.
-    pub partial_since: Option<Instant>,
+    pub partial_since: Option<Stamp>,
     /// Below the frame: when the stream's oldest incomplete unit (a TLS
     /// record) began, for streams whose layers hide undecoded input.
     input: Option<Arc<InputClock>>,
     sleep: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// The deadline `sleep` is armed for, and the waker it holds.
+    armed: Option<(Stamp, Waker)>,
 }
 
 impl IdleTimer {
@@ -34,18 +39,19 @@ impl IdleTimer {
         Self {
             timeout,
             frame_timeout,
-            last_activity: Instant::now(),
+            last_activity: Stamp::now(),
             partial_since: None,
             input,
             sleep: None,
+            armed: None,
         }
     }
 
     /// The next deadline and what it means.
-    fn next(&self, with_frame: bool) -> Option<(Instant, CloseReason)> {
+    fn next(&self, with_frame: bool) -> Option<(Stamp, CloseReason)> {
         let idle = self
             .timeout
-            .map(|timeout| (self.last_activity + timeout, CloseReason::IdleTimeout));
+            .map(|timeout| (self.last_activity.after(timeout), CloseReason::IdleTimeout));
         let since = match (
             self.partial_since,
             self.input.as_ref().and_then(|c| c.since()),
@@ -55,7 +61,7 @@ impl IdleTimer {
         };
         let frame = match (with_frame, self.frame_timeout, since) {
             (true, Some(timeout), Some(since)) => {
-                Some((since + timeout, CloseReason::FrameTimeout))
+                Some((since.after(timeout), CloseReason::FrameTimeout))
             }
             _ => None,
         };
@@ -67,8 +73,13 @@ impl IdleTimer {
 
     pub fn touch(&mut self) {
         if self.timeout.is_some() {
-            self.last_activity = Instant::now();
+            self.last_activity = Stamp::now();
         }
+    }
+
+    /// An unfinished frame began now.
+    pub fn frame_started(&mut self) {
+        self.partial_since = Some(Stamp::now());
     }
 
     /// Resolves with the reason once nothing has moved for the idle
@@ -88,26 +99,66 @@ impl IdleTimer {
             let Some((due, reason)) = self.next(with_frame) else {
                 return Poll::Pending;
             };
-            let deadline = tokio::time::Instant::from_std(due);
+            if let (Some(sleep), Some((armed_for, waker))) = (&mut self.sleep, &mut self.armed) {
+                if sleep.is_elapsed() {
+                    // It fired: at the deadline, or at an earlier one that
+                    // activity has since moved (then it is re-armed below).
+                    if due <= *armed_for {
+                        return Poll::Ready(reason);
+                    }
+                } else if due >= *armed_for {
+                    // Armed for this deadline or an earlier one, holding
+                    // this task's waker: nothing to do until it fires.
+                    if waker.will_wake(cx.waker()) {
+                        return Poll::Pending;
+                    }
+                    waker.clone_from(cx.waker());
+                    if sleep.as_mut().poll(cx).is_pending() {
+                        return Poll::Pending;
+                    }
+                    continue;
+                }
+            }
+            let deadline = tokio::time::Instant::from_std(due.to_instant());
             let sleep = match &mut self.sleep {
                 Some(sleep) => {
-                    if sleep.is_elapsed() || sleep.deadline() > deadline {
-                        sleep.as_mut().reset(deadline);
-                    }
+                    sleep.as_mut().reset(deadline);
                     sleep
                 }
                 None => self
                     .sleep
                     .insert(Box::pin(tokio::time::sleep_until(deadline))),
             };
+            self.armed = Some((due, cx.waker().clone()));
             if sleep.as_mut().poll(cx).is_pending() {
                 return Poll::Pending;
             }
-            // It fired: at the deadline, or at an earlier one that activity
-            // has since moved (then it is re-armed above).
-            if sleep.deadline() >= deadline {
-                return Poll::Ready(reason);
-            }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The timer is armed for the idle deadline and then polled again by
+    /// the same task without touching the timer; a frame that starts later
+    /// moves the deadline earlier, and that must re-arm it.
+    #[tokio::test]
+    async fn a_deadline_that_moves_earlier_is_armed_although_the_task_did_not_change() {
+        let frame = Duration::from_millis(100);
+        let mut timer = IdleTimer::new(Some(Duration::from_secs(30)), Some(frame), None);
+        let waker = std::task::Waker::noop();
+        let mut cx = Context::from_waker(waker);
+        for _ in 0..3 {
+            assert!(timer.poll_expired(&mut cx, true).is_pending());
+        }
+        let started = std::time::Instant::now();
+        timer.frame_started();
+        let reason = tokio::time::timeout(Duration::from_secs(5), timer.expired(true))
+            .await
+            .expect("the frame deadline did not fire");
+        assert!(matches!(reason, CloseReason::FrameTimeout), "{reason}");
+        assert!(started.elapsed() >= frame - Duration::from_millis(20));
     }
 }
