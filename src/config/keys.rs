@@ -4,7 +4,9 @@
 //! entry here and one field in [`Config`]; the flag, the variable, the file
 //! key, the default and the docs' checks all follow from it.
 
-use super::{value::Value, Config, LogFormat, ProxyProtocol, RuntimeShape, MAX_FRAME_LENGTH_LIMIT};
+use super::{
+    value::Value, Config, Engine, LogFormat, ProxyProtocol, RuntimeShape, MAX_FRAME_LENGTH_LIMIT,
+};
 
 /// A setting's built-in default.
 #[derive(Clone, Copy)]
@@ -314,6 +316,18 @@ pub static KEYS: &[Key] = &[
         choices: &["per-core", "work-stealing"],
         list: false,
         set: |c, v| store(&mut c.runtime, v.parsed::<RuntimeShape>()?),
+    },
+    Key {
+        name: "engine",
+        value_name: "ENGINE",
+        help: "tokio: epoll readiness, a recv and a send per message; io-uring (Linux): \
+               one io_uring per thread for TCP and Unix connections (multishot receive \
+               into provided buffers, batched sends), on per-core runtimes; falls back \
+               to tokio with a warning where io_uring is unavailable [default: tokio]",
+        default: Builtin::Text("tokio"),
+        choices: &["tokio", "io-uring"],
+        list: false,
+        set: |c, v| store(&mut c.engine, v.parsed::<Engine>()?),
     },
     Key {
         name: "tcp_nodelay",

@@ -22,7 +22,7 @@ use std::{
 pub use crate::addr::{Endpoint, ListenAddr, DEFAULT_LISTEN};
 use crate::codec::{Framing, MAX_FRAME_LENGTH_LIMIT};
 pub use keys::{Key, KEYS};
-pub use settings::{LogFormat, ProxyProtocol, RuntimeShape, TlsFiles, UdpLimits};
+pub use settings::{Engine, LogFormat, ProxyProtocol, RuntimeShape, TlsFiles, UdpLimits};
 use value::Value;
 
 /// The file read from the working directory when `--config` is not given.
@@ -163,6 +163,8 @@ pub struct Config {
     pub workers: usize,
     /// Per-core runtimes or one work-stealing runtime.
     pub runtime: RuntimeShape,
+    /// tokio's reactor or io_uring for TCP and Unix connections.
+    pub engine: Engine,
     /// TCP_NODELAY on accepted connections.
     pub tcp_nodelay: bool,
     /// SO_REUSEPORT on TCP and UDP listeners.
@@ -213,6 +215,7 @@ impl Default for Config {
             log_level: String::new(),
             workers: 0,
             runtime: RuntimeShape::default(),
+            engine: Engine::default(),
             tcp_nodelay: false,
             reuse_port: false,
             proxy_protocol: ProxyProtocol::default(),
@@ -251,6 +254,15 @@ pub fn environment() -> Result<Vec<(String, String)>, ConfigError> {
 }
 
 impl Config {
+    /// The runtime shape that runs: a ring belongs to a thread, so the
+    /// io_uring engine runs per core whatever `runtime` says.
+    pub fn runtime_shape(&self) -> RuntimeShape {
+        match self.engine {
+            Engine::IoUring => RuntimeShape::PerCore,
+            Engine::Tokio => self.runtime,
+        }
+    }
+
     /// Builds the configuration from every layer: the config file (`--config`,
     /// else `./config.toml` when present), the `ECHOD_*` variables in `env`,
     /// and the flags.
@@ -345,6 +357,7 @@ impl Config {
             ("log_format", self.log_format != new.log_format),
             ("workers", self.workers != new.workers),
             ("runtime", self.runtime != new.runtime),
+            ("engine", self.engine != new.engine),
             ("tcp_nodelay", self.tcp_nodelay != new.tcp_nodelay),
             ("reuse_port", self.reuse_port != new.reuse_port),
             ("proxy_protocol", self.proxy_protocol != new.proxy_protocol),
@@ -787,6 +800,7 @@ mod tests {
                 "unix_socket_mode" => "0600",
                 "framing" => "raw",
                 "runtime" => "per-core",
+                "engine" => "io-uring",
                 "log_format" => "json",
                 "log_level" => "debug",
                 "tcp_nodelay" => "false",

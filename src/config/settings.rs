@@ -47,6 +47,44 @@ impl RuntimeShape {
     }
 }
 
+/// How connections' bytes move (`engine`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Engine {
+    /// tokio's reactor: epoll readiness, a `recv` and a `send` per message.
+    #[default]
+    Tokio,
+    /// One io_uring per thread (Linux): multishot receives into provided
+    /// buffers, sends batched into one submission per scheduler turn.
+    IoUring,
+}
+
+impl Engine {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Engine::Tokio => "tokio",
+            Engine::IoUring => "io-uring",
+        }
+    }
+}
+
+impl FromStr for Engine {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim() {
+            "tokio" => Ok(Engine::Tokio),
+            "io-uring" | "io_uring" => Ok(Engine::IoUring),
+            _ => Err(format!("unknown engine {s:?} (expected tokio or io-uring)")),
+        }
+    }
+}
+
+impl fmt::Display for Engine {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 impl FromStr for RuntimeShape {
     type Err = String;
 

@@ -12,7 +12,7 @@ use super::{
     reason::Rejection,
     session::{self, Connection, Shared, Transport},
 };
-use crate::config::ProxyProtocol;
+use crate::{config::ProxyProtocol, stream::EchoStream};
 
 /// First and last wait after an accept error such as EMFILE.
 const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(5);
@@ -128,13 +128,67 @@ fn spawn_session(
                     debug!(peer = %connection.peer, %error, "cannot set TCP_NODELAY");
                 }
             }
-            let session = session::serve(stream, connection, transport, shared.clone());
-            shared.coordinator.spawn(session);
+            #[cfg(target_os = "linux")]
+            if shared.io_uring {
+                let fd = stream.into_std().map(std::os::fd::OwnedFd::from);
+                let back = |fd: std::os::fd::OwnedFd| tokio::net::TcpStream::from_std(fd.into());
+                return on_ring(fd, back, connection, transport, shared);
+            }
+            spawn(stream, connection, transport, shared);
         }
         #[cfg(unix)]
         Stream::Unix(stream) => {
-            let session = session::serve(stream, connection, Transport::PLAIN, shared.clone());
-            shared.coordinator.spawn(session);
+            #[cfg(target_os = "linux")]
+            if shared.io_uring {
+                let fd = stream.into_std().map(std::os::fd::OwnedFd::from);
+                let back = |fd: std::os::fd::OwnedFd| tokio::net::UnixStream::from_std(fd.into());
+                return on_ring(fd, back, connection, Transport::PLAIN, shared);
+            }
+            spawn(stream, connection, Transport::PLAIN, shared);
+        }
+    }
+}
+
+fn spawn<S: EchoStream + Send + 'static>(
+    stream: S,
+    connection: Connection,
+    transport: Transport,
+    shared: &Arc<Shared>,
+) {
+    let session = session::serve(stream, connection, transport, shared.clone());
+    shared.coordinator.spawn(session);
+}
+
+/// Serves the connection on this thread's io_uring; on the tokio engine
+/// (`back`) when this thread cannot have a ring (logged once per thread).
+#[cfg(target_os = "linux")]
+fn on_ring<S: EchoStream + Send + 'static>(
+    fd: io::Result<std::os::fd::OwnedFd>,
+    back: impl FnOnce(std::os::fd::OwnedFd) -> io::Result<S>,
+    connection: Connection,
+    transport: Transport,
+    shared: &Arc<Shared>,
+) {
+    let fd = match fd {
+        Ok(fd) => fd,
+        Err(error) => {
+            debug!(peer = %connection.peer, %error, "cannot take the socket from tokio");
+            return;
+        }
+    };
+    match super::uring::UringStream::new(fd) {
+        Ok(stream) => spawn(stream, connection, transport, shared),
+        Err((error, fd)) => {
+            thread_local! {
+                static WARNED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+            }
+            if !WARNED.replace(true) {
+                warn!(%error, "no io_uring on this thread: {error}; its connections use the tokio engine");
+            }
+            match back(fd) {
+                Ok(stream) => spawn(stream, connection, transport, shared),
+                Err(error) => debug!(peer = %connection.peer, %error, "cannot serve"),
+            }
         }
     }
 }

@@ -112,7 +112,8 @@ impl Bound {
                 | Endpoint::Wss(listen) => {
                     // Per-core runtimes give each core its own socket in
                     // one SO_REUSEPORT group.
-                    let group = config.runtime == RuntimeShape::PerCore && config.workers > 1;
+                    let group =
+                        config.runtime_shape() == RuntimeShape::PerCore && config.workers > 1;
                     for addr in resolved(listen).await? {
                         let listener = bind_listener(addr, config.reuse_port, group)
                             .map_err(|source| ServerError::Bind { addr, source })?;

@@ -32,6 +32,8 @@ pub mod signals;
 pub mod systemd;
 mod timer;
 pub mod udp;
+#[cfg(target_os = "linux")]
+mod uring;
 mod websocket;
 
 use std::{
@@ -43,13 +45,13 @@ use std::{
 };
 
 use tokio::task::JoinSet;
-use tracing::info;
+use tracing::{info, warn};
 
 pub use self::shutdown::ShutdownReport;
 use self::{admission::Gate, bind::Bound, listen::Listener, metrics::Metrics, session::Shared};
 use crate::{
     addr::ListenAddr,
-    config::{Config, RuntimeShape},
+    config::{Config, Engine, RuntimeShape},
 };
 
 /// A start-up or run-time failure: exit code 1.
@@ -268,14 +270,44 @@ fn shared_state(
         config.max_connections_per_ip,
         metrics.clone(),
     );
-    let shared = Arc::new(Shared::new(
+    let mut shared = Shared::new(
         reload::live(config, bound.tls.clone()),
         Arc::new(gate),
         config.tcp_nodelay,
         config.proxy_protocol,
         config.proxy_trusted.clone(),
-    ));
-    (shared, metrics, admin)
+    );
+    shared.io_uring = config.engine == Engine::IoUring && io_uring_available();
+    (Arc::new(shared), metrics, admin)
+}
+
+/// Whether the io_uring engine can run here; when it cannot, one warning
+/// says why and the tokio engine serves.
+fn io_uring_available() -> bool {
+    let fallback = "connections use the tokio engine";
+    #[cfg(target_os = "linux")]
+    {
+        use tokio::runtime::{Handle, RuntimeFlavor};
+        if Handle::current().runtime_flavor() != RuntimeFlavor::CurrentThread {
+            warn!("engine io-uring needs current-thread runtimes (per-core, or one worker); {fallback}");
+            return false;
+        }
+        match uring::probe() {
+            Ok(()) => {
+                info!("engine: io-uring");
+                true
+            }
+            Err(why) => {
+                warn!(reason = %why, "io_uring is unavailable: {why}; {fallback}");
+                false
+            }
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        warn!("engine io-uring is Linux-only; {fallback}");
+        false
+    }
 }
 
 /// Waits for the shutdown signal; meanwhile each SIGHUP reloads `config`.
@@ -377,8 +409,8 @@ pub fn run_until_signalled(
     source: Option<std::path::PathBuf>,
     load: reload::Load,
 ) -> Result<ShutdownReport, ServerError> {
-    let (shape, workers, max_connections) =
-        (config.runtime, config.workers, config.max_connections);
+    let (workers, max_connections) = (config.workers, config.max_connections);
+    let shape = config.runtime_shape();
     let (runtime, cores) = match (shape, workers) {
         (_, 1) => (
             tokio::runtime::Builder::new_current_thread()

@@ -40,6 +40,8 @@ pub struct Shared {
     /// Peers that may send a PROXY header; empty = every peer.
     pub proxy_trusted: Vec<ipnet::IpNet>,
     pub coordinator: Coordinator,
+    /// TCP and Unix connections run on the io_uring engine.
+    pub io_uring: bool,
 }
 
 /// The settings a connection takes when it starts; a SIGHUP reload swaps
@@ -68,6 +70,7 @@ impl Shared {
             proxy,
             proxy_trusted,
             coordinator: Coordinator::new(),
+            io_uring: false,
         }
     }
 
