@@ -52,6 +52,12 @@ pub fn with<R>(f: impl FnOnce(&mut Ring) -> R) -> io::Result<R> {
     })
 }
 
+/// Names this thread (the address of its ring's slot): cheaper to ask
+/// than `std::thread::current()`, and as unique while the thread lives.
+pub fn thread_tag() -> usize {
+    RING.with(|cell| std::ptr::from_ref(cell) as usize)
+}
+
 /// Runs `f` on this thread's ring if it exists (a stream's drop).
 pub fn with_existing(f: impl FnOnce(&mut Ring)) {
     RING.with(|cell| {

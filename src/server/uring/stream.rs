@@ -19,7 +19,7 @@ pub struct UringStream {
     id: (u32, u32),
     /// The thread whose ring serves it: the engine runs only on
     /// current-thread runtimes, so a connection never leaves it.
-    thread: std::thread::ThreadId,
+    thread: usize,
     fd: OwnedFd,
 }
 
@@ -30,7 +30,7 @@ impl UringStream {
         match driver::with(|ring| ring.register(fd.as_raw_fd())) {
             Ok(id) => Ok(UringStream {
                 id,
-                thread: std::thread::current().id(),
+                thread: driver::thread_tag(),
                 fd,
             }),
             Err(error) => Err((error, fd)),
@@ -38,7 +38,7 @@ impl UringStream {
     }
 
     fn ring<R>(&self, f: impl FnOnce(&mut Ring) -> R) -> io::Result<R> {
-        if std::thread::current().id() != self.thread {
+        if driver::thread_tag() != self.thread {
             return Err(io::Error::other("io_uring stream used off its thread"));
         }
         driver::with(f)
@@ -47,7 +47,7 @@ impl UringStream {
 
 impl Drop for UringStream {
     fn drop(&mut self) {
-        if std::thread::current().id() == self.thread {
+        if driver::thread_tag() == self.thread {
             driver::with_existing(|ring| ring.release(self.id));
         }
         // Then `fd` closes: everything that named it has been submitted.
