@@ -25,6 +25,12 @@ fn uring_server(extra: &[&str]) -> Option<(ServerProcess, SocketAddr)> {
     args.extend_from_slice(extra);
     let mut server = ServerProcess::spawn(&args, &[]);
     let addr = server.listening(1)[0];
+    on_the_ring(&mut server).then_some((server, addr))
+}
+
+/// Whether `server` runs the io_uring engine; false (loudly, never under
+/// CI) where io_uring is unavailable.
+fn on_the_ring(server: &mut ServerProcess) -> bool {
     server.wait_for("engine:");
     if let Some(line) = server
         .stderr
@@ -36,10 +42,10 @@ fn uring_server(extra: &[&str]) -> Option<(ServerProcess, SocketAddr)> {
             "io_uring must work in CI: {line}"
         );
         eprintln!("SKIPPED: io_uring unavailable on this machine: {line}");
-        return None;
+        return false;
     }
     server.wait_for("engine: io-uring");
-    Some((server, addr))
+    true
 }
 
 #[tokio::test]
@@ -232,6 +238,51 @@ async fn unix_socket_connections_run_on_the_ring_too() {
         echoed.len(),
         lines.len()
     );
+}
+
+/// HAProxy's `send-proxy` in front of a TLS listener on the ring: the
+/// header, the handshake and the records all go through the ring's
+/// receives and sends, and the log names the client from the header.
+#[tokio::test]
+async fn tls_behind_a_proxy_header_runs_on_the_ring() {
+    let pki = common::pki::Pki::new();
+    let (mut server, addr) = pki.spawn_server(&[
+        "--engine",
+        "io-uring",
+        "--proxy-protocol",
+        "v1",
+        "--log-level",
+        "debug",
+    ]);
+    if !on_the_ring(&mut server) {
+        return;
+    }
+    let mut tcp = TcpStream::connect(addr).await.unwrap();
+    tcp.write_all(b"PROXY TCP4 198.51.100.20 127.0.0.1 40404 443\r\n")
+        .await
+        .unwrap();
+    let args = pki.client_args("ca.pem", None);
+    let config = echod::tls::client_config(&args).unwrap();
+    let name = echod::tls::server_name(&args, "localhost").unwrap();
+    let stream = echod::tls::connect(tcp, config, name).await.unwrap();
+    let mut input = pattern(200_000, 5);
+    input.push(b'\n');
+    let (mut reader, mut writer) = tokio::io::split(stream);
+    let sent = input.clone();
+    let writing = tokio::spawn(async move {
+        writer.write_all(&sent).await.unwrap();
+        writer.flush().await.unwrap();
+        writer
+    });
+    let mut echoed = vec![0u8; input.len()];
+    tokio::time::timeout(PATIENCE, reader.read_exact(&mut echoed))
+        .await
+        .expect("echo in time")
+        .unwrap();
+    assert!(echoed == input, "the TLS echo differs");
+    drop(writing.await.unwrap());
+    drop(reader);
+    server.wait_for("connection from 198.51.100.20:40404 closed");
 }
 
 /// Docker's default seccomp profile refuses io_uring_setup; so does this

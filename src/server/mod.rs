@@ -278,6 +278,12 @@ fn shared_state(
         config.proxy_trusted.clone(),
     );
     shared.io_uring = config.engine == Engine::IoUring && io_uring_available();
+    let engine = if shared.io_uring {
+        Engine::IoUring
+    } else {
+        Engine::Tokio
+    };
+    info!(%engine, "engine: {engine}");
     (Arc::new(shared), metrics, admin)
 }
 
@@ -293,10 +299,7 @@ fn io_uring_available() -> bool {
             return false;
         }
         match uring::probe() {
-            Ok(()) => {
-                info!("engine: io-uring");
-                true
-            }
+            Ok(()) => true,
             Err(why) => {
                 warn!(reason = %why, "io_uring is unavailable: {why}; {fallback}");
                 false
