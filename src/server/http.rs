@@ -98,10 +98,13 @@ pub async fn serve<S: EchoStream + Send + 'static>(
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
         .header_read_timeout(live.settings.frame_timeout.unwrap_or(DEFAULT_HEAD_TIMEOUT));
-    let conn = http
-        .serve_connection(TokioIo::new(stream), service)
-        .with_upgrades();
-    tokio::pin!(conn);
+    // Boxed and dropped once served: a WebSocket that outlives the HTTP
+    // exchange does not keep hyper's connection state (buffers, parser) in
+    // its task.
+    let mut conn = Box::pin(
+        http.serve_connection(TokioIo::new(stream), service)
+            .with_upgrades(),
+    );
     let shutdown = &connection.shutdown;
     let served = tokio::select! {
         biased;
@@ -115,6 +118,7 @@ pub async fn serve<S: EchoStream + Send + 'static>(
             }
         }
     };
+    drop(conn);
     let upgrade = context
         .upgrade
         .lock()
@@ -122,7 +126,15 @@ pub async fn serve<S: EchoStream + Send + 'static>(
         .take();
     let reason = match (served, upgrade) {
         (Ok(()), Some(upgrade)) => match upgrade.await {
-            Ok(upgraded) => websocket::echo(upgraded, &connection, &live.settings, shared).await,
+            Ok(upgraded) => {
+                Box::pin(websocket::echo(
+                    upgraded,
+                    &connection,
+                    &live.settings,
+                    shared,
+                ))
+                .await
+            }
             Err(error) => CloseReason::Error(std::io::Error::other(error)),
         },
         (Ok(()), None) => CloseReason::ClientClosed,
