@@ -699,3 +699,101 @@ async fn interval_lines_go_to_stderr_one_per_interval() {
     let report = String::from_utf8(stdout).unwrap();
     assert!(report.starts_with("3 connections x 32 B"), "{report}");
 }
+
+/// An echo server that holds each connection's first echo for 150 ms and
+/// echoes at once afterwards (a server with a slow first response: lazy
+/// set-up, a cold cache), and counts when it accepted each connection.
+async fn slow_first_echo_server() -> (
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::Mutex<Vec<std::time::Instant>>>,
+) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let times = accepted.clone();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            times.lock().unwrap().push(std::time::Instant::now());
+            stream.set_nodelay(true).unwrap();
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 64 * 1024];
+                let mut first = true;
+                loop {
+                    let n = match stream.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => n,
+                    };
+                    if std::mem::take(&mut first) {
+                        tokio::time::sleep(std::time::Duration::from_millis(150)).await;
+                    }
+                    if stream.write_all(&buf[..n]).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, accepted)
+}
+
+/// --hist: the connect, time-to-first-echo and round-trip histograms are
+/// each their own, in the report and in files: the slow first echo shows
+/// in the first and not in the round trips; plain TCP has no handshake.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_phase_has_its_own_histogram_and_the_slow_first_echo_shows_only_there() {
+    let (addr, _) = slow_first_echo_server().await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("rt.hgrm");
+    let mut args = lasting(args(addr, &["--connections", "4", "--hist"]), "1");
+    args.push(path.display().to_string());
+    let (code, stdout, stderr) = bench(args).await;
+    assert_eq!(code, Some(0), "{stderr}");
+    let report = report(&stdout);
+    let phases = &report["histograms"];
+    let p50 = |phase: &str| phases[phase]["p50"].as_f64().unwrap();
+    assert_eq!(phases["connect_us"]["count"], 4, "{phases}");
+    assert_eq!(phases["first_echo_us"]["count"], 4, "{phases}");
+    assert!(phases["handshake_us"].is_null(), "{phases}");
+    assert!(p50("first_echo_us") >= 140_000.0, "{phases}");
+    assert!(p50("round_trip_us") < 50_000.0, "{phases}");
+    assert!(p50("connect_us") < 50_000.0, "{phases}");
+    let summary = phases["round_trip_us"].as_object().unwrap();
+    let keys: BTreeSet<&str> = summary.keys().map(String::as_str).collect();
+    assert_eq!(keys, ["count", "p50", "p90", "p99", "p99_9", "max"].into());
+    for (file, count) in [("rt.hgrm.connect", 4), ("rt.hgrm.first-echo", 4)] {
+        let text = std::fs::read_to_string(dir.path().join(file)).unwrap();
+        assert!(
+            text.contains(&format!("Total count    = {count:>12}")),
+            "{file}: {text}"
+        );
+    }
+    assert!(path.exists());
+    assert!(!dir.path().join("rt.hgrm.handshake").exists());
+}
+
+/// --connect-rate: the connections open at the asked pace, as the server
+/// sees them arrive; without it they arrive together.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_rate_paces_the_connections_the_server_accepts() {
+    for (paced, connect_rate) in [(true, Some("50")), (false, None)] {
+        let (addr, accepted) = slow_first_echo_server().await;
+        let mut extra = vec!["--connections", "10"];
+        if let Some(rate) = connect_rate {
+            extra.extend(["--connect-rate", rate]);
+        }
+        let (code, _, stderr) = bench(args(addr, &extra)).await;
+        assert_eq!(code, Some(0), "{stderr}");
+        let times = accepted.lock().unwrap().clone();
+        assert_eq!(times.len(), 10);
+        let spread = *times.iter().max().unwrap() - *times.iter().min().unwrap();
+        if paced {
+            // Nine intervals of 20 ms.
+            assert!(
+                spread >= std::time::Duration::from_millis(160),
+                "{spread:?}"
+            );
+        } else {
+            assert!(spread < std::time::Duration::from_millis(100), "{spread:?}");
+        }
+    }
+}

@@ -561,7 +561,12 @@ async fn the_bench_drives_tls_connections_and_handshakes() {
     let server = TestServer::start(pki.server_config()).await;
     let target = format!("tls:{}", server.addr());
     let ca = pki.arg("ca.pem");
-    for extra in [&["--pipeline", "8"][..], &["--reconnect"][..]] {
+    let dir = tempfile::tempdir().unwrap();
+    let hist = dir.path().join("rt").display().to_string();
+    for extra in [
+        &["--pipeline", "8", "--hist", &hist][..],
+        &["--reconnect"][..],
+    ] {
         let mut args = vec![
             "bench",
             &target,
@@ -584,6 +589,14 @@ async fn the_bench_drives_tls_connections_and_handshakes() {
         assert!(report["messages"].as_u64().unwrap() > 0, "{report}");
         assert_eq!(report["mismatches"], 0, "{report}");
         assert_eq!(report["errors"], 0, "{report}");
+        if extra.contains(&"--hist") {
+            // The TLS handshake has its own histogram, one per connection.
+            let phases = &report["histograms"];
+            assert_eq!(phases["handshake_us"]["count"], 4, "{phases}");
+            assert_eq!(phases["connect_us"]["count"], 4, "{phases}");
+            assert!(phases["handshake_us"]["p50"].as_f64().unwrap() > 0.0);
+            assert!(std::path::Path::new(&format!("{hist}.handshake")).exists());
+        }
     }
     server.shutdown().await;
 }

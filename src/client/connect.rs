@@ -3,7 +3,7 @@
 //! ([`Conn`]). The interactive client and the load generator both connect
 //! through here.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::net::{TcpStream, UdpSocket};
 
@@ -79,22 +79,44 @@ impl Target {
     /// Opens one connection (or UDP socket) within `timeout`, TLS
     /// handshake included.
     pub async fn open(&self, timeout: Duration) -> Result<Conn, ClientError> {
+        self.open_timed(timeout).await.map(|(conn, _)| conn)
+    }
+
+    /// [`open`](Self::open), and how long each phase took.
+    pub async fn open_timed(&self, timeout: Duration) -> Result<(Conn, Phases), ClientError> {
         let failed = |why: String| {
             ClientError::Failed(format!("cannot connect to {}: {why}", self.endpoint))
         };
         let timed_out = || failed(format!("timed out after {}s", timeout.as_secs_f64()));
+        let started = Instant::now();
+        let connected = |conn: Conn| {
+            let phases = Phases {
+                connect: Some(started.elapsed()),
+                handshake: None,
+            };
+            (conn, phases)
+        };
+        // After the connect (`up`), the handshakes until now.
+        let shaken = |conn: Conn, up: Duration| {
+            let phases = Phases {
+                connect: Some(up),
+                handshake: Some(started.elapsed().saturating_sub(up)),
+            };
+            (conn, phases)
+        };
+        let left = || timeout.saturating_sub(started.elapsed());
         match &self.endpoint {
             Endpoint::Tcp(addr) if self.udp => udp_connect(addr)
                 .await
-                .map(Conn::Udp)
+                .map(|socket| connected(Conn::Udp(socket)))
                 .map_err(|error| failed(error.to_string())),
-            Endpoint::Tcp(addr) => Ok(Conn::Tcp(connect(addr, timeout).await?)),
+            Endpoint::Tcp(addr) => Ok(connected(Conn::Tcp(connect(addr, timeout).await?))),
             #[cfg(unix)]
             Endpoint::Unix(path) => {
                 tokio::time::timeout(timeout, tokio::net::UnixStream::connect(path))
                     .await
                     .map_err(|_| timed_out())?
-                    .map(Conn::Unix)
+                    .map(|stream| connected(Conn::Unix(stream)))
                     .map_err(|error| failed(error.to_string()))
             }
             #[cfg(not(unix))]
@@ -103,29 +125,48 @@ impl Target {
             )),
             Endpoint::Ws(addr) => {
                 let stream = connect(addr, timeout).await?;
-                let ws = super::websocket::handshake(self, stream, timeout).await?;
-                Ok(Conn::WebSocket(super::websocket::WsConn::Plain(Box::new(
-                    ws,
-                ))))
+                let up = started.elapsed();
+                let ws = super::websocket::handshake(self, stream, left()).await?;
+                let ws = super::websocket::WsConn::Plain(Box::new(ws));
+                Ok(shaken(Conn::WebSocket(ws), up))
             }
             Endpoint::Wss(addr) => {
                 let tls = self.tls.clone().expect("set up for wss:");
-                let stream = connect_tls(addr, tls, timeout).await?;
-                let ws = super::websocket::handshake(self, stream, timeout).await?;
-                Ok(Conn::WebSocket(super::websocket::WsConn::Tls(Box::new(ws))))
+                let stream = connect(addr, timeout).await?;
+                let up = started.elapsed();
+                let stream = tls_handshake(stream, addr, tls, left()).await?;
+                let ws = super::websocket::handshake(self, stream, left()).await?;
+                let ws = super::websocket::WsConn::Tls(Box::new(ws));
+                Ok(shaken(Conn::WebSocket(ws), up))
             }
             Endpoint::Tls(addr) => {
                 let tls = self.tls.clone().expect("set up for tls:");
-                Ok(Conn::Tls(Box::new(connect_tls(addr, tls, timeout).await?)))
+                let stream = connect(addr, timeout).await?;
+                let up = started.elapsed();
+                let stream = tls_handshake(stream, addr, tls, left()).await?;
+                Ok(shaken(Conn::Tls(Box::new(stream)), up))
             }
             Endpoint::Quic(addr) => {
+                // No connect of its own: the QUIC handshake is the setup.
                 let tls = self.tls.as_ref().expect("set up for quic:");
-                Ok(Conn::Quic(Box::new(
-                    super::quic::connect(addr, tls, timeout).await?,
-                )))
+                let conn = super::quic::connect(addr, tls, timeout).await?;
+                let phases = Phases {
+                    connect: None,
+                    handshake: Some(started.elapsed()),
+                };
+                Ok((Conn::Quic(Box::new(conn)), phases))
             }
         }
     }
+}
+
+/// How long a connection's setup took, phase by phase.
+#[derive(Debug, Clone, Copy)]
+pub struct Phases {
+    /// TCP (or Unix) connect; `None` on QUIC, which has none of its own.
+    pub connect: Option<Duration>,
+    /// TLS, QUIC and WebSocket handshakes after it, if any.
+    pub handshake: Option<Duration>,
 }
 
 /// An open connection of whichever kind the target names.
@@ -184,10 +225,19 @@ pub async fn connect_tls(
 ) -> Result<ClientStream<TcpStream>, ClientError> {
     let started = tokio::time::Instant::now();
     let stream = connect(addr, timeout).await?;
-    let left = timeout.saturating_sub(started.elapsed());
+    tls_handshake(stream, addr, tls, timeout.saturating_sub(started.elapsed())).await
+}
+
+/// The TLS handshake over a connected `stream`, within `timeout`.
+async fn tls_handshake(
+    stream: TcpStream,
+    addr: &ListenAddr,
+    tls: TlsTarget,
+    timeout: Duration,
+) -> Result<ClientStream<TcpStream>, ClientError> {
     let failed =
         |why: String| ClientError::Failed(format!("TLS handshake with tls:{addr} failed: {why}"));
-    tokio::time::timeout(left, crate::tls::connect(stream, tls.config, tls.name))
+    tokio::time::timeout(timeout, crate::tls::connect(stream, tls.config, tls.name))
         .await
         .map_err(|_| failed(format!("timed out after {}s", timeout.as_secs_f64())))?
         .map_err(|error| failed(error.to_string()))

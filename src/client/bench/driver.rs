@@ -85,6 +85,8 @@ struct Driver<S> {
     done: u64,
     /// The echo of the current message differed somewhere.
     bad: bool,
+    /// No echo has come back on this connection yet (time to first echo).
+    first_pending: bool,
     /// Open loop: the timeline, when each queued message was due, and a
     /// timer for the next one.
     schedule: Option<Schedule>,
@@ -135,6 +137,7 @@ impl<S: BenchStream> Driver<S> {
             sent_at: std::collections::VecDeque::with_capacity(plan.pipeline),
             done: 0,
             bad: false,
+            first_pending: true,
             schedule: plan.rate_per_connection.map(|rate| Schedule {
                 start: Instant::now(),
                 interval_ns: 1e9 / rate,
@@ -172,13 +175,15 @@ impl<S: BenchStream> Driver<S> {
     async fn reopen(&mut self) -> Result<(), String> {
         let churn = self.churn.as_mut().expect("churning");
         let started = Instant::now();
-        let conn = churn
+        let (conn, phases) = churn
             .target
-            .open(churn.connect_timeout)
+            .open_timed(churn.connect_timeout)
             .await
             .map_err(|error| error.to_string())?;
         self.stream = S::from_conn(conn).ok_or("the new connection is of another kind")?;
         self.tally.reconnected(started);
+        self.tally.opened(phases);
+        self.first_pending = true;
         churn.opened = Instant::now();
         churn.queued_before = self.queued;
         Ok(())
@@ -366,6 +371,9 @@ impl<S: BenchStream> Driver<S> {
                 self.done += 1;
                 if std::mem::take(&mut self.bad) {
                     self.tally.mismatches.set(self.tally.mismatches.get() + 1);
+                }
+                if std::mem::take(&mut self.first_pending) {
+                    self.tally.first_echo(sent_at, now);
                 }
                 self.tally.completed(sent_at, now);
             }

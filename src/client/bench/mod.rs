@@ -51,12 +51,24 @@ pub fn run(args: BenchArgs) -> Result<(), ClientError> {
         return ramp::run_ramp(&runtime, &plan, rates, args.json);
     }
     let show_progress = !args.json && !args.json_stream && io::stderr().is_terminal();
-    let (report, histogram, first_errors) = measure_once(&runtime, &plan, show_progress)?;
+    let (report, histograms, first_errors) = measure_once(&runtime, &plan, show_progress)?;
 
     if let Some(path) = &args.hist {
-        write_histogram(path, &histogram).map_err(|error| {
-            ClientError::Failed(format!("cannot write {}: {error}", path.display()))
-        })?;
+        // Round trips in FILE; each phase that happened in FILE.PHASE.
+        for (phase, histogram) in &histograms {
+            let path = match phase {
+                None => path.clone(),
+                Some(_) if histogram.is_empty() => continue,
+                Some(phase) => {
+                    let mut name = path.clone().into_os_string();
+                    name.push(format!(".{phase}"));
+                    name.into()
+                }
+            };
+            write_histogram(&path, histogram).map_err(|error| {
+                ClientError::Failed(format!("cannot write {}: {error}", path.display()))
+            })?;
+        }
     }
     let mut stdout = io::stdout().lock();
     let printed = if args.json_stream {
@@ -93,12 +105,16 @@ pub fn run(args: BenchArgs) -> Result<(), ClientError> {
     Ok(())
 }
 
+/// Histograms by phase: `None` is the round trip, then `connect`,
+/// `handshake` and `first-echo`.
+type Histograms = Vec<(Option<&'static str>, Histogram<u64>)>;
+
 /// One measurement on `runtime`, its connections closed at the end.
 fn measure_once(
     runtime: &tokio::runtime::Runtime,
     plan: &Plan,
     show_progress: bool,
-) -> Result<(Report, Histogram<u64>, Vec<String>), ClientError> {
+) -> Result<(Report, Histograms, Vec<String>), ClientError> {
     runtime.block_on(async {
         let local = tokio::task::LocalSet::new();
         let measured = local.run_until(measure(plan, show_progress)).await;
@@ -110,12 +126,12 @@ fn measure_once(
     })
 }
 
-/// Connects, warms up, measures, and returns the report, the histogram and
-/// the first few errors. Must run inside a `LocalSet`.
-pub async fn measure(
+/// Connects, warms up, measures, and returns the report, the histograms
+/// and the first few errors. Must run inside a `LocalSet`.
+async fn measure(
     plan: &Plan,
     show_progress: bool,
-) -> Result<(Report, Histogram<u64>, Vec<String>), ClientError> {
+) -> Result<(Report, Histograms, Vec<String>), ClientError> {
     let tally = Rc::new(Tally::new());
     let pattern = Rc::new(tally::random_pattern(plan));
     let conns = connect_all(plan, &tally).await?;
@@ -149,7 +165,13 @@ pub async fn measure(
     let histogram = tally.latency_ns.borrow().clone();
     let report = Report::new(plan, &tally, &histogram, chaos, server_cpu);
     let first_errors = tally.first_errors.take();
-    Ok((report, histogram, first_errors))
+    let histograms = vec![
+        (None, histogram),
+        (Some("connect"), tally.phase_connect_ns.borrow().clone()),
+        (Some("handshake"), tally.phase_handshake_ns.borrow().clone()),
+        (Some("first-echo"), tally.first_echo_ns.borrow().clone()),
+    ];
+    Ok((report, histograms, first_errors))
 }
 
 /// Opens every connection before anything is sent: all up or failed.
@@ -169,11 +191,10 @@ async fn connect_all(plan: &Plan, tally: &Rc<Tally>) -> Result<Vec<Conn>, Client
         let (plan, tally) = (plan.clone(), tally.clone());
         connecting.push(tokio::task::spawn_local(async move {
             let started = Instant::now();
-            let conn = plan.target.open(plan.connect_timeout).await;
-            if conn.is_ok() {
-                tally.set_up(started);
-            }
-            conn
+            let (conn, phases) = plan.target.open_timed(plan.connect_timeout).await?;
+            tally.set_up(started);
+            tally.opened(phases);
+            Ok(conn)
         }));
     }
     let mut conns = Vec::with_capacity(plan.connections * plan.streams);

@@ -119,8 +119,11 @@ pub struct BenchArgs {
     /// --json-stream).
     #[arg(long)]
     pub json_stream: bool,
-    /// Write the latency histogram to FILE in HdrHistogram's
-    /// percentile-distribution text format (values in microseconds).
+    /// Write the round-trip histogram to FILE, and the connect, handshake
+    /// and time-to-first-echo ones (where they happened) to FILE.connect,
+    /// FILE.handshake and FILE.first-echo, in HdrHistogram's
+    /// percentile-distribution text format (values in microseconds); the
+    /// --json report then has a "histograms" object summarising all four.
     #[arg(long, value_name = "FILE")]
     pub hist: Option<PathBuf>,
 }
@@ -133,6 +136,8 @@ pub struct Plan {
     pub reconnect: bool,
     pub chaos: Option<usize>,
     pub server_pid: Option<u32>,
+    /// --hist: the report carries every phase's histogram summary too.
+    pub phases: bool,
     pub loss_timeout: Duration,
     pub connections: usize,
     pub size: usize,
@@ -260,6 +265,7 @@ impl Plan {
             reconnect: args.reconnect,
             chaos: args.chaos.then_some(args.chaos_clients),
             server_pid: args.server_pid,
+            phases: args.hist.is_some(),
             loss_timeout: parse_seconds("--loss-timeout", &args.loss_timeout)?,
             connections: args.connections,
             size: args.size,

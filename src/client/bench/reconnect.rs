@@ -53,12 +53,13 @@ pub async fn reconnect_loop(
                     stream.shutdown().await
                 }};
             }
-            match plan
+            let (conn, phases) = plan
                 .target
-                .open(plan.connect_timeout)
+                .open_timed(plan.connect_timeout)
                 .await
-                .map_err(|e| io::Error::other(e.to_string()))?
-            {
+                .map_err(|e| io::Error::other(e.to_string()))?;
+            tally.opened(phases);
+            match conn {
                 Conn::Tcp(stream) => exchange!(stream),
                 Conn::Tls(stream) => exchange!(stream),
                 #[cfg(unix)]
@@ -70,11 +71,16 @@ pub async fn reconnect_loop(
             }
         }
         .await;
+        // Every message is its connection's first (and only) echo; its
+        // time runs from the connect.
         match result {
-            Ok(()) if echoed[..] == message[..] => tally.completed(started, Instant::now()),
             Ok(()) => {
-                tally.mismatches.set(tally.mismatches.get() + 1);
-                tally.completed(started, Instant::now());
+                if echoed[..] != message[..] {
+                    tally.mismatches.set(tally.mismatches.get() + 1);
+                }
+                let now = Instant::now();
+                tally.first_echo(started, now);
+                tally.completed(started, now);
             }
             Err(error) => {
                 tally.error(format!("connection failed: {error}"));

@@ -63,6 +63,45 @@ pub struct Report {
     /// ready (connect and handshakes).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub handshake_us: Option<Lag>,
+    /// Each phase of a connection's life on its own: connect, handshake,
+    /// time to first echo (counted over the whole run), round trip (the
+    /// measured window, as `latency_us`). With --hist.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub histograms: Option<Phases>,
+}
+
+/// `null` where a phase did not happen (no handshake on plain TCP).
+#[derive(Debug, Clone, Serialize)]
+pub struct Phases {
+    pub connect_us: Option<Summary>,
+    pub handshake_us: Option<Summary>,
+    pub first_echo_us: Option<Summary>,
+    pub round_trip_us: Option<Summary>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Summary {
+    pub count: u64,
+    pub p50: f64,
+    pub p90: f64,
+    pub p99: f64,
+    pub p99_9: f64,
+    pub max: f64,
+}
+
+impl Summary {
+    /// `None` for an empty histogram.
+    pub fn of(histogram: &Histogram<u64>) -> Option<Summary> {
+        let micros = |q: f64| histogram.value_at_quantile(q) as f64 / 1000.0;
+        (!histogram.is_empty()).then(|| Summary {
+            count: histogram.len(),
+            p50: micros(0.50),
+            p90: micros(0.90),
+            p99: micros(0.99),
+            p99_9: micros(0.999),
+            max: histogram.max() as f64 / 1000.0,
+        })
+    }
 }
 
 /// Churn: connections opened in place of ones that met their quota, and
@@ -176,6 +215,21 @@ pub fn render(plan: &Plan, report: &Report) -> String {
             "churn       {} connections replaced; setup p50 {:.1} us   p99 {:.1} us   max {:.1} us\n",
             churn.reconnects, setup.p50, setup.p99, setup.max
         );
+    }
+    for (name, phase) in report.histograms.iter().flat_map(|phases| {
+        [
+            ("connect", &phases.connect_us),
+            ("handshake", &phases.handshake_us),
+            ("first echo", &phases.first_echo_us),
+        ]
+    }) {
+        if let Some(h) = phase {
+            extra += &format!(
+                "{name:<11} p50 {:.1} us   p90 {:.1} us   p99 {:.1} us   p99.9 {:.1} us   \
+                 max {:.1} us   ({} connections)\n",
+                h.p50, h.p90, h.p99, h.p99_9, h.max, h.count
+            );
+        }
     }
     if let Some(cpu) = report.server_cpu_us_per_msg {
         extra += &format!("server      CPU {cpu:.2} µs per message\n");
@@ -310,6 +364,12 @@ impl Report {
                     p99: micros(setup.value_at_quantile(0.99)),
                     max: micros(setup.max()),
                 }
+            }),
+            histograms: plan.phases.then(|| Phases {
+                connect_us: Summary::of(&tally.phase_connect_ns.borrow()),
+                handshake_us: Summary::of(&tally.phase_handshake_ns.borrow()),
+                first_echo_us: Summary::of(&tally.first_echo_ns.borrow()),
+                round_trip_us: Summary::of(histogram),
             }),
             open_loop: plan.rate_per_connection.map(|rate| {
                 let lag = tally.lag_ns.borrow();

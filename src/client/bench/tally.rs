@@ -3,13 +3,16 @@
 use std::{
     cell::{Cell, RefCell},
     rc::Rc,
-    time::Instant,
+    time::{Duration, Instant},
 };
 
 use hdrhistogram::Histogram;
 
 use super::Plan;
-use crate::{client::rng, codec::Framing};
+use crate::{
+    client::{connect::Phases, rng},
+    codec::Framing,
+};
 
 /// Distinct message start offsets in the random pattern.
 pub const PATTERN_SPAN: usize = 1 << 20;
@@ -41,6 +44,11 @@ pub struct Tally {
     pub setup_ns: RefCell<Histogram<u64>>,
     /// Round trips since the last `--interval` line (warm-up included).
     pub interval_ns: RefCell<Histogram<u64>>,
+    /// Every connection's phases (first ones and replacements): the TCP
+    /// connect, the handshakes after it, and its first echo's round trip.
+    pub phase_connect_ns: RefCell<Histogram<u64>>,
+    pub phase_handshake_ns: RefCell<Histogram<u64>>,
+    pub first_echo_ns: RefCell<Histogram<u64>>,
 }
 
 impl Tally {
@@ -61,6 +69,9 @@ impl Tally {
             connect_ns: RefCell::new(nanosecond_histogram()),
             setup_ns: RefCell::new(nanosecond_histogram()),
             interval_ns: RefCell::new(nanosecond_histogram()),
+            phase_connect_ns: RefCell::new(nanosecond_histogram()),
+            phase_handshake_ns: RefCell::new(nanosecond_histogram()),
+            first_echo_ns: RefCell::new(nanosecond_histogram()),
         }
     }
 
@@ -91,6 +102,26 @@ impl Tally {
     pub fn set_up(&self, started: Instant) {
         let nanos = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
         self.setup_ns.borrow_mut().saturating_record(nanos);
+    }
+
+    /// A connection is up, after these phases.
+    pub fn opened(&self, phases: Phases) {
+        let record = |histogram: &RefCell<Histogram<u64>>, phase: Option<Duration>| {
+            if let Some(phase) = phase {
+                let nanos = u64::try_from(phase.as_nanos()).unwrap_or(u64::MAX);
+                histogram.borrow_mut().saturating_record(nanos);
+            }
+        };
+        record(&self.phase_connect_ns, phases.connect);
+        record(&self.phase_handshake_ns, phases.handshake);
+    }
+
+    /// A connection's first echo is back; its message went out at
+    /// `sent_at`. Counted whenever it happens, warm-up included: the
+    /// first echoes come when the connections are new.
+    pub fn first_echo(&self, sent_at: Instant, now: Instant) {
+        let nanos = u64::try_from(now.duration_since(sent_at).as_nanos()).unwrap_or(u64::MAX);
+        self.first_echo_ns.borrow_mut().saturating_record(nanos);
     }
 
     /// Churn: a replacement connection is up; its setup began at `started`.

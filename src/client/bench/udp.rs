@@ -31,6 +31,8 @@ pub struct UdpDriver {
     in_flight: std::collections::VecDeque<(u64, Instant)>,
     out: Vec<u8>,
     buf: Vec<u8>,
+    /// No reply has come back yet (time to first echo).
+    first_pending: bool,
 }
 
 impl UdpDriver {
@@ -53,6 +55,7 @@ impl UdpDriver {
             in_flight: std::collections::VecDeque::with_capacity(plan.pipeline),
             out: Vec::with_capacity(plan.size),
             buf: vec![0; crate::addr::UDP_RECEIVE_BUFFER],
+            first_pending: true,
         }
     }
 
@@ -113,6 +116,9 @@ impl UdpDriver {
                     self.datagram(seq, &mut expected);
                     if self.buf[..len] != expected[..] {
                         self.tally.mismatches.set(self.tally.mismatches.get() + 1);
+                    }
+                    if std::mem::take(&mut self.first_pending) {
+                        self.tally.first_echo(sent_at, now);
                     }
                     self.tally.completed(sent_at, now);
                 }

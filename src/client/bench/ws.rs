@@ -34,6 +34,7 @@ async fn drive<S>(
 {
     let mut state = rng::seed() ^ (index as u64 + 1).wrapping_mul(0xD1B5_4A32_D192_ED03) | 1;
     let mut in_flight: VecDeque<(usize, Instant)> = VecDeque::with_capacity(plan.pipeline);
+    let mut first_pending = true;
     loop {
         while in_flight.len() < plan.pipeline {
             let offset = (rng::next(&mut state) % PATTERN_SPAN as u64) as usize;
@@ -59,6 +60,10 @@ async fn drive<S>(
         if echoed[..] != pattern[offset..offset + plan.size] {
             tally.mismatches.set(tally.mismatches.get() + 1);
         }
-        tally.completed(sent_at, Instant::now());
+        let now = Instant::now();
+        if std::mem::take(&mut first_pending) {
+            tally.first_echo(sent_at, now);
+        }
+        tally.completed(sent_at, now);
     }
 }
