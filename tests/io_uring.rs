@@ -240,6 +240,63 @@ async fn unix_socket_connections_run_on_the_ring_too() {
     );
 }
 
+/// Every kind of abusive client at once (resets, slowloris, non-readers,
+/// oversized frames, connect floods, half-closes) beside verified echo
+/// traffic: no echo differs, the abuse is cut where it should be, the
+/// server's memory stays bounded, and it exits 0 at SIGTERM afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn abusive_clients_beside_verified_traffic_on_the_ring() {
+    let Some((mut server, addr)) =
+        uring_server(&["--max-frame-length", "4096", "--frame-timeout", "1"])
+    else {
+        return;
+    };
+    let pid = server.child.id().to_string();
+    let args = [
+        "bench",
+        &addr.to_string(),
+        "--connections",
+        "8",
+        "--duration",
+        "2.5",
+        "--warmup",
+        "0",
+        "--chaos",
+        "--chaos-clients",
+        "5",
+        "--server-pid",
+        &pid,
+        "--json",
+    ];
+    let args: Vec<String> = args.iter().map(|arg| arg.to_string()).collect();
+    let (code, stdout, stderr) = tokio::task::spawn_blocking(move || {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        common::run_binary(env!("CARGO_BIN_EXE_echo-client"), &args, &[], b"")
+    })
+    .await
+    .unwrap();
+    assert_eq!(code, Some(0), "{stderr}");
+    let report: serde_json::Value = serde_json::from_slice(&stdout).unwrap();
+    assert_eq!(report["mismatches"], 0, "{report}");
+    assert_eq!(report["errors"], 0, "{report}");
+    assert!(report["messages"].as_u64().unwrap() > 1000, "{report}");
+    let chaos = &report["chaos"];
+    for kind in ["oversized", "half_close", "slowloris"] {
+        assert!(
+            chaos[kind]["closed_by_server"].as_u64().unwrap() > 0,
+            "{kind}: {chaos}"
+        );
+    }
+    let peak = report["server_peak_rss_kib"].as_u64().unwrap();
+    assert!(peak < 200 * 1024, "peak RSS {peak} KiB");
+    assert_eq!(
+        round_trip(addr, b"after the storm\n").await,
+        b"after the storm\n"
+    );
+    server.signal(libc::SIGTERM);
+    assert!(server.wait().success());
+}
+
 /// HAProxy's `send-proxy` in front of a TLS listener on the ring: the
 /// header, the handshake and the records all go through the ring's
 /// receives and sends, and the log names the client from the header.
