@@ -29,6 +29,7 @@ pub async fn accept_loop(listener: Listener, shared: Arc<Shared>) {
     };
     let name: Arc<str> = local.as_str().into();
     let kind = listener.kind();
+    let listener = Acceptor::new(listener, &shared, &local);
     let mut backoff = ACCEPT_BACKOFF_MIN;
     loop {
         let accepted = tokio::select! {
@@ -88,6 +89,43 @@ pub async fn accept_loop(listener: Listener, shared: Arc<Shared>) {
     }
 }
 
+/// A listener, and on the io_uring engine the ring accepting on it.
+struct Acceptor {
+    /// Declared first: dropped (its cancel submitted) before the listener
+    /// closes the descriptor it accepts on.
+    #[cfg(target_os = "linux")]
+    ring: Option<super::uring::UringListener>,
+    listener: Listener,
+}
+
+impl Acceptor {
+    fn new(listener: Listener, shared: &Shared, local: &str) -> Acceptor {
+        #[cfg(target_os = "linux")]
+        let ring = shared.io_uring.then(|| {
+            super::uring::UringListener::new(listener.as_raw_fd())
+                .inspect_err(|error| {
+                    warn!(%error, "{local}: cannot accept through io_uring: {error}; accepting on tokio");
+                })
+                .ok()
+        });
+        #[cfg(not(target_os = "linux"))]
+        let _ = (shared, local);
+        Acceptor {
+            #[cfg(target_os = "linux")]
+            ring: ring.flatten(),
+            listener,
+        }
+    }
+
+    async fn accept(&self) -> io::Result<(Stream, String, Option<std::net::IpAddr>)> {
+        #[cfg(target_os = "linux")]
+        if let Some(ring) = &self.ring {
+            return self.listener.accept_on_ring(ring).await;
+        }
+        self.listener.accept().await
+    }
+}
+
 /// The per-IP limit, checked before the client takes a connection slot.
 /// Behind a PROXY-protocol balancer it is the header's client that counts
 /// once the header is read; until then the socket peer does, unless it is a
@@ -121,6 +159,21 @@ fn spawn_session(
     shared: &Arc<Shared>,
 ) {
     match stream {
+        #[cfg(target_os = "linux")]
+        Stream::Ring { fd, unix: false } => {
+            if shared.tcp_nodelay {
+                if let Err(error) = socket2::SockRef::from(&fd).set_tcp_nodelay(true) {
+                    debug!(peer = %connection.peer, %error, "cannot set TCP_NODELAY");
+                }
+            }
+            let back = |fd: std::os::fd::OwnedFd| tokio::net::TcpStream::from_std(fd.into());
+            on_ring(Ok(fd), back, connection, transport, shared);
+        }
+        #[cfg(target_os = "linux")]
+        Stream::Ring { fd, unix: true } => {
+            let back = |fd: std::os::fd::OwnedFd| tokio::net::UnixStream::from_std(fd.into());
+            on_ring(Ok(fd), back, connection, Transport::PLAIN, shared);
+        }
         Stream::Tcp(stream) => {
             // Echo replies are latency-bound: never hold one back for Nagle.
             if shared.tcp_nodelay {

@@ -58,6 +58,12 @@ pub enum Stream {
     Tcp(TcpStream),
     #[cfg(unix)]
     Unix(tokio::net::UnixStream),
+    /// Accepted by the io_uring engine; `unix` for a Unix listener's.
+    #[cfg(target_os = "linux")]
+    Ring {
+        fd: std::os::fd::OwnedFd,
+        unix: bool,
+    },
 }
 
 impl Listener {
@@ -127,6 +133,43 @@ impl Listener {
             Listener::Wss(_) => Listener::Wss(socket),
             _ => Listener::Tcp(socket),
         }
+    }
+
+    /// The listening socket (the io_uring engine accepts on it).
+    #[cfg(unix)]
+    pub fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        use std::os::fd::AsRawFd;
+        match self {
+            Listener::Tcp(listener)
+            | Listener::Tls(listener)
+            | Listener::Ws(listener)
+            | Listener::Wss(listener) => listener.as_raw_fd(),
+            Listener::Unix(listener) => listener.listener.as_raw_fd(),
+        }
+    }
+
+    /// [`accept`](Self::accept) through this thread's ring.
+    #[cfg(target_os = "linux")]
+    pub async fn accept_on_ring(
+        &self,
+        ring: &super::uring::UringListener,
+    ) -> io::Result<(Stream, String, Option<std::net::IpAddr>)> {
+        let fd = ring.accept().await?;
+        if let Listener::Unix(listener) = self {
+            let peer = format!("unix:{}", listener.path.display());
+            return Ok((Stream::Ring { fd, unix: true }, peer, None));
+        }
+        // A client already gone has no peer address: gone before accept.
+        let gone = || io::Error::from(io::ErrorKind::ConnectionAborted);
+        let peer = socket2::SockRef::from(&fd)
+            .peer_addr()
+            .map_err(|_| gone())?;
+        let peer = peer.as_socket().ok_or_else(gone)?;
+        Ok((
+            Stream::Ring { fd, unix: false },
+            peer.to_string(),
+            Some(peer.ip()),
+        ))
     }
 
     /// Accepts one connection, with the peer's name for the logs (`IP:PORT`,

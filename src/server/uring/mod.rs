@@ -22,7 +22,7 @@ mod stream;
 
 use std::{io, os::fd::OwnedFd};
 
-pub use stream::UringStream;
+pub use stream::{UringListener, UringStream};
 
 /// Whether this kernel, in this sandbox, lets the engine run: sets up a
 /// ring and its provided buffers, then receives a byte through a

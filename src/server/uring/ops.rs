@@ -3,6 +3,7 @@
 
 use std::{
     io,
+    os::fd::OwnedFd,
     task::{Context, Poll},
 };
 
@@ -10,7 +11,10 @@ use io_uring::{opcode, types};
 
 use super::{
     buffers::Buffers,
-    ring::{send_entry, user_data, Recv, Ring, Sending, HOLD_MAX, OP_CANCEL, OP_RECV, OP_SEND},
+    ring::{
+        send_entry, user_data, Recv, Ring, Sending, ACCEPT_HOLD, HOLD_MAX, OP_ACCEPT, OP_CANCEL,
+        OP_RECV, OP_SEND,
+    },
 };
 
 impl Ring {
@@ -167,6 +171,48 @@ impl Ring {
             .is_some_and(|conn| conn.recv != Recv::Idle)
     }
 
+    /// A listener's next accepted connection (non-blocking, close-on-exec).
+    pub fn poll_accept(
+        &mut self,
+        (slot, generation): (u32, u32),
+        cx: &mut Context<'_>,
+    ) -> Poll<io::Result<OwnedFd>> {
+        let Some(conn) = self.conn(slot, generation) else {
+            return Poll::Ready(Err(io::ErrorKind::NotConnected.into()));
+        };
+        if let Some(fd) = conn.accepted.pop_front() {
+            self.arm_accept(slot);
+            return Poll::Ready(Ok(fd));
+        }
+        if let Some(errno) = conn.error.take() {
+            // EMFILE and the like end the multishot: the accept loop backs
+            // off, and the next poll arms it again.
+            return Poll::Ready(Err(io::Error::from_raw_os_error(errno)));
+        }
+        conn.read_waker = Some(cx.waker().clone());
+        self.arm_accept(slot);
+        Poll::Pending
+    }
+
+    fn arm_accept(&mut self, slot: u32) {
+        let Some(conn) = self.conns[slot as usize].as_mut() else {
+            return;
+        };
+        if conn.accept != Recv::Idle || conn.released || conn.accepted.len() >= ACCEPT_HOLD {
+            return;
+        }
+        let entry = opcode::AcceptMulti::new(types::Fd(conn.fd))
+            .flags(libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC)
+            .build()
+            .user_data(user_data(slot, conn.generation, OP_ACCEPT));
+        conn.accept = Recv::Armed;
+        if let Err(error) = self.push(&entry) {
+            let conn = self.conns[slot as usize].as_mut().expect("checked above");
+            conn.accept = Recv::Idle;
+            conn.error = Some(error.raw_os_error().unwrap_or(libc::EAGAIN));
+        }
+    }
+
     /// The stream is dropped: cancel what is in flight and submit now, so
     /// no queued operation names the descriptor after it is closed.
     pub fn release(&mut self, (slot, generation): (u32, u32)) {
@@ -185,6 +231,11 @@ impl Ring {
         if conn.sending.is_some() {
             cancel.push(user_data(slot, generation, OP_SEND));
         }
+        if conn.accept == Recv::Armed {
+            conn.accept = Recv::Cancelling;
+            cancel.push(user_data(slot, generation, OP_ACCEPT));
+        }
+        conn.accepted.clear();
         let idle = conn.idle();
         for bid in chunks {
             self.buffers.give_back(bid);

@@ -38,6 +38,12 @@ const ENTER_GETEVENTS: u32 = 1;
 pub(super) const OP_RECV: u64 = 1;
 pub(super) const OP_SEND: u64 = 2;
 pub(super) const OP_CANCEL: u64 = 3;
+pub(super) const OP_ACCEPT: u64 = 4;
+
+/// Connections a listener may have accepted ahead of its accept loop
+/// before its multishot accept is paused: while the loop waits for a
+/// connection permit, the rest wait in the kernel's backlog, as on epoll.
+pub const ACCEPT_HOLD: usize = 16;
 
 pub(super) fn user_data(slot: u32, generation: u32, op: u64) -> u64 {
     (u64::from(slot) << 32) | (u64::from(generation & 0xff_ffff) << 8) | op
@@ -84,6 +90,9 @@ pub(super) struct Conn {
     pub(super) write_waker: Option<Waker>,
     /// The stream is gone; the slot is freed when its last operation ends.
     pub(super) released: bool,
+    /// A listener's slot: its multishot accept and what it accepted.
+    pub(super) accept: Recv,
+    pub(super) accepted: VecDeque<OwnedFd>,
 }
 
 impl Conn {
@@ -97,7 +106,7 @@ impl Conn {
     }
 
     pub(super) fn idle(&self) -> bool {
-        self.recv == Recv::Idle && self.sending.is_none()
+        self.recv == Recv::Idle && self.sending.is_none() && self.accept == Recv::Idle
     }
 }
 
@@ -173,6 +182,8 @@ impl Ring {
             sending: None,
             write_waker: None,
             released: false,
+            accept: Recv::Idle,
+            accepted: VecDeque::new(),
         });
         (slot, generation)
     }
@@ -281,6 +292,7 @@ impl Ring {
         match op {
             OP_RECV => self.received(slot, cqe),
             OP_SEND => self.sent(slot, cqe.result()),
+            OP_ACCEPT => self.accepted(slot, cqe),
             _ => {}
         }
         let conn = self.conns[slot as usize].as_mut().expect("live");
@@ -328,6 +340,35 @@ impl Ring {
             // loop catches up (read re-arms).
             conn.recv = Recv::Cancelling;
             let target = user_data(slot, conn.generation, OP_RECV);
+            let entry = opcode::AsyncCancel::new(target)
+                .build()
+                .user_data(user_data(slot, conn.generation, OP_CANCEL));
+            let _ = self.push(&entry);
+        }
+    }
+
+    fn accepted(&mut self, slot: u32, cqe: &cqueue::Entry) {
+        let conn = self.conns[slot as usize].as_mut().expect("live");
+        match cqe.result() {
+            // SAFETY: a descriptor the kernel just created for us.
+            fd @ 0.. => {
+                let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+                if !conn.released {
+                    conn.accepted.push_back(fd);
+                }
+            }
+            errno if -errno == libc::ECANCELED => {}
+            errno => conn.error = Some(-errno),
+        }
+        if !cqueue::more(cqe.flags()) {
+            conn.accept = Recv::Idle;
+        }
+        if let Some(waker) = conn.read_waker.take() {
+            waker.wake();
+        }
+        if conn.accept == Recv::Armed && conn.accepted.len() >= ACCEPT_HOLD {
+            conn.accept = Recv::Cancelling;
+            let target = user_data(slot, conn.generation, OP_ACCEPT);
             let entry = opcode::AsyncCancel::new(target)
                 .build()
                 .user_data(user_data(slot, conn.generation, OP_CANCEL));

@@ -154,3 +154,43 @@ impl EchoStream for UringStream {
         }
     }
 }
+
+/// A listening socket accepted on through this thread's ring: one
+/// multishot accept, paused while [`ACCEPT_HOLD`](super::ring::ACCEPT_HOLD)
+/// connections wait for the accept loop. It borrows the descriptor: the
+/// listener that owns it must outlive it (drop this first, so the cancel
+/// is submitted before the descriptor closes).
+pub struct UringListener {
+    id: (u32, u32),
+    thread: usize,
+}
+
+impl UringListener {
+    pub fn new(fd: std::os::fd::RawFd) -> io::Result<UringListener> {
+        Ok(UringListener {
+            id: driver::with(|ring| ring.register(fd))?,
+            thread: driver::thread_tag(),
+        })
+    }
+
+    /// The next connection, non-blocking and close-on-exec.
+    pub async fn accept(&self) -> io::Result<OwnedFd> {
+        std::future::poll_fn(|cx| {
+            if driver::thread_tag() != self.thread {
+                return Poll::Ready(Err(io::Error::other(
+                    "io_uring listener used off its thread",
+                )));
+            }
+            driver::with(|ring| ring.poll_accept(self.id, cx))?
+        })
+        .await
+    }
+}
+
+impl Drop for UringListener {
+    fn drop(&mut self) {
+        if driver::thread_tag() == self.thread {
+            driver::with_existing(|ring| ring.release(self.id));
+        }
+    }
+}
