@@ -6,11 +6,12 @@
 //! contract are the same code as on the tokio engine.
 //!
 //! It needs a connection to stay on one thread (its ring is the thread's),
-//! so it runs on current-thread runtimes: per-core, or one worker. Accepting
-//! stays on tokio's reactor: it is once per connection, not per message.
+//! so it runs on current-thread runtimes: per-core, or one worker. Each
+//! listener on a ring thread accepts with one multishot `ACCEPT` too
+//! ([`UringListener`]), so a connection never touches epoll.
 //!
 //! io_uring is often unavailable — Docker's default seccomp profile,
-//! `kernel.io_uring_disabled`, kernels before 6.0 (multishot receive).
+//! `kernel.io_uring_disabled`, kernels before 6.1 (`DEFER_TASKRUN`).
 //! [`probe`] finds out at start-up by doing what the engine does, and the
 //! server falls back to the tokio engine with one warning naming why.
 
@@ -34,7 +35,7 @@ pub fn probe() -> Result<(), String> {
             "io_uring_setup is not permitted (kernel.io_uring_disabled or a seccomp profile)"
                 .to_owned()
         }
-        _ => format!("cannot set up an io_uring with provided buffers: {error}"),
+        _ => format!("cannot set up an io_uring with provided buffers (needs Linux 6.1): {error}"),
     })?;
     let (ours, theirs) =
         std::os::unix::net::UnixStream::pair().map_err(|error| format!("socketpair: {error}"))?;
@@ -57,5 +58,5 @@ pub fn probe() -> Result<(), String> {
             _ => std::thread::sleep(std::time::Duration::from_millis(1)),
         }
     }
-    Err("a multishot receive delivered nothing within 100 ms (kernel before 6.0?)".to_owned())
+    Err("a multishot receive delivered nothing within 100 ms (kernel before 6.1?)".to_owned())
 }
