@@ -88,10 +88,19 @@ pub async fn drive(fd: RawFd, _alive: DriverAlive) {
             return;
         }
     };
+    let mut failing = false;
     loop {
         match with(|ring| ring.turn()) {
-            Ok(Ok(())) => {}
-            Ok(Err(error)) => error!(%error, "io_uring_enter failed"),
+            Ok(Ok(())) => failing = false,
+            Ok(Err(error)) => {
+                // Logged when it starts failing, not on every retry; and
+                // retried after a pause, not in a spin.
+                if !std::mem::replace(&mut failing, true) {
+                    error!(%error, "io_uring_enter failed: {error}; retrying every 10 ms");
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                continue;
+            }
             Err(_) => return,
         }
         // Let the connections this turn woke run (and queue their next
