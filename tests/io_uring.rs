@@ -347,6 +347,64 @@ async fn running_out_of_descriptors_backs_off_and_recovers_on_the_ring() {
     assert!(warnings < 50, "{warnings} accept warnings");
 }
 
+/// `ws:` listeners ride the ring too: hyper's HTTP/1.1 upgrade, then the
+/// WebSocket echo, through the ring's receives and sends (the bundled
+/// bench verifies every binary message), and an HTTP request gets its
+/// JSON description.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_and_http_echo_run_on_the_ring() {
+    let mut server =
+        ServerProcess::spawn(&["--listen", "ws:127.0.0.1:0", "--engine", "io-uring"], &[]);
+    let line = server.wait_for("listening on ws:");
+    if !on_the_ring(&mut server) {
+        return;
+    }
+    let addr: SocketAddr = line
+        .split("listening on ws:")
+        .nth(1)
+        .and_then(|rest| rest.split(|c: char| c.is_whitespace()).next())
+        .and_then(|addr| addr.parse().ok())
+        .unwrap_or_else(|| panic!("no address in {line}"));
+    let target = format!("ws://{addr}/");
+    let args: Vec<String> = [
+        "bench",
+        &target,
+        "--connections",
+        "20",
+        "--size",
+        "3000",
+        "--pipeline",
+        "4",
+        "--duration",
+        "1",
+        "--warmup",
+        "0",
+        "--json",
+    ]
+    .iter()
+    .map(|arg| arg.to_string())
+    .collect();
+    let (code, stdout, stderr) = tokio::task::spawn_blocking(move || {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        common::run_binary(env!("CARGO_BIN_EXE_echo-client"), &args, &[], b"")
+    })
+    .await
+    .unwrap();
+    assert_eq!(code, Some(0), "{stderr}");
+    let report: serde_json::Value = serde_json::from_slice(&stdout).unwrap();
+    assert_eq!(report["mismatches"], 0, "{report}");
+    assert_eq!(report["errors"], 0, "{report}");
+    assert!(report["messages"].as_u64().unwrap() > 100, "{report}");
+    let mut http = TcpStream::connect(addr).await.unwrap();
+    http.write_all(b"GET /probe?x=1 HTTP/1.0\r\nHost: test\r\n\r\n")
+        .await
+        .unwrap();
+    let (response, _) = read_until_closed(&mut http).await;
+    let response = String::from_utf8_lossy(&response);
+    assert!(response.starts_with("HTTP/1.0 200"), "{response}");
+    assert!(response.contains("\"path\""), "{response}");
+}
+
 /// HAProxy's `send-proxy` in front of a TLS listener on the ring: the
 /// header, the handshake and the records all go through the ring's
 /// receives and sends, and the log names the client from the header.
