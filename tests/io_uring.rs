@@ -30,6 +30,16 @@ fn last_words(server: &mut ServerProcess) -> String {
     )
 }
 
+/// `echo-client ARGS`, off the test's runtime.
+async fn client(args: Vec<String>) -> (Option<i32>, Vec<u8>, String) {
+    tokio::task::spawn_blocking(move || {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        common::run_binary(env!("CARGO_BIN_EXE_echo-client"), &args, &[], b"")
+    })
+    .await
+    .unwrap()
+}
+
 /// A server on the io_uring engine, or `None` (with a loud message) where
 /// this machine cannot run one.
 fn uring_server(extra: &[&str]) -> Option<(ServerProcess, SocketAddr)> {
@@ -281,12 +291,7 @@ async fn abusive_clients_beside_verified_traffic_on_the_ring() {
         "--json",
     ];
     let args: Vec<String> = args.iter().map(|arg| arg.to_string()).collect();
-    let (code, stdout, stderr) = tokio::task::spawn_blocking(move || {
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        common::run_binary(env!("CARGO_BIN_EXE_echo-client"), &args, &[], b"")
-    })
-    .await
-    .unwrap();
+    let (code, stdout, stderr) = client(args).await;
     assert_eq!(code, Some(0), "{stderr}");
     let report: serde_json::Value = serde_json::from_slice(&stdout).unwrap();
     assert_eq!(report["mismatches"], 0, "{report}");
@@ -384,12 +389,7 @@ async fn websocket_and_http_echo_run_on_the_ring() {
     .iter()
     .map(|arg| arg.to_string())
     .collect();
-    let (code, stdout, stderr) = tokio::task::spawn_blocking(move || {
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        common::run_binary(env!("CARGO_BIN_EXE_echo-client"), &args, &[], b"")
-    })
-    .await
-    .unwrap();
+    let (code, stdout, stderr) = client(args).await;
     assert_eq!(code, Some(0), "{stderr}");
     let report: serde_json::Value = serde_json::from_slice(&stdout).unwrap();
     assert_eq!(report["mismatches"], 0, "{report}");

@@ -12,8 +12,8 @@ use io_uring::{opcode, types};
 use super::{
     buffers::Buffers,
     ring::{
-        send_entry, user_data, Recv, Ring, Sending, ACCEPT_HOLD, HOLD_MAX, OP_ACCEPT, OP_CANCEL,
-        OP_RECV, OP_SEND,
+        send_entry, user_data, Recv, Ring, Sending, ACCEPT_HOLD, HOLD_MAX, OP_ACCEPT, OP_RECV,
+        OP_SEND,
     },
 };
 
@@ -226,14 +226,14 @@ impl Ring {
         let mut cancel = Vec::new();
         if conn.recv == Recv::Armed {
             conn.recv = Recv::Cancelling;
-            cancel.push(user_data(slot, generation, OP_RECV));
+            cancel.push(OP_RECV);
         }
         if conn.sending.is_some() {
-            cancel.push(user_data(slot, generation, OP_SEND));
+            cancel.push(OP_SEND);
         }
         if conn.accept == Recv::Armed {
             conn.accept = Recv::Cancelling;
-            cancel.push(user_data(slot, generation, OP_ACCEPT));
+            cancel.push(OP_ACCEPT);
         }
         conn.accepted.clear();
         let idle = conn.idle();
@@ -241,11 +241,8 @@ impl Ring {
             self.buffers.give_back(bid);
         }
         self.buffers_returned();
-        for target in cancel {
-            let entry = opcode::AsyncCancel::new(target)
-                .build()
-                .user_data(user_data(slot, generation, OP_CANCEL));
-            let _ = self.push(&entry);
+        for op in cancel {
+            let _ = self.cancel(slot, generation, op);
         }
         let _ = self.uring.submit();
         if idle {

@@ -339,11 +339,8 @@ impl Ring {
             // Unread input is at its bound: stop receiving until the echo
             // loop catches up (read re-arms).
             conn.recv = Recv::Cancelling;
-            let target = user_data(slot, conn.generation, OP_RECV);
-            let entry = opcode::AsyncCancel::new(target)
-                .build()
-                .user_data(user_data(slot, conn.generation, OP_CANCEL));
-            let _ = self.push(&entry);
+            let generation = conn.generation;
+            let _ = self.cancel(slot, generation, OP_RECV);
         }
     }
 
@@ -368,12 +365,17 @@ impl Ring {
         }
         if conn.accept == Recv::Armed && conn.accepted.len() >= ACCEPT_HOLD {
             conn.accept = Recv::Cancelling;
-            let target = user_data(slot, conn.generation, OP_ACCEPT);
-            let entry = opcode::AsyncCancel::new(target)
-                .build()
-                .user_data(user_data(slot, conn.generation, OP_CANCEL));
-            let _ = self.push(&entry);
+            let generation = conn.generation;
+            let _ = self.cancel(slot, generation, OP_ACCEPT);
         }
+    }
+
+    /// Queues the cancellation of a slot's operation `op`.
+    pub(super) fn cancel(&mut self, slot: u32, generation: u32, op: u64) -> io::Result<()> {
+        let entry = opcode::AsyncCancel::new(user_data(slot, generation, op))
+            .build()
+            .user_data(user_data(slot, generation, OP_CANCEL));
+        self.push(&entry)
     }
 
     fn sent(&mut self, slot: u32, result: i32) {
