@@ -330,26 +330,7 @@ async fn running_out_of_descriptors_backs_off_and_recovers_on_the_ring() {
     if !on_the_ring(&mut server) {
         return;
     }
-    let mut clients = Vec::new();
-    for _ in 0..70 {
-        clients.push(TcpStream::connect(addr).await.unwrap());
-    }
-    let warning = server.wait_for("accept failed");
-    assert!(
-        warning.contains("Too many open files") || warning.contains("os error 24"),
-        "{warning}"
-    );
-    drop(clients);
-    assert_eq!(round_trip(addr, b"recovered\n").await, b"recovered\n");
-    assert!(server.child.try_wait().unwrap().is_none(), "server exited");
-    server.signal(libc::SIGTERM);
-    assert!(server.wait().success());
-    let warnings = server
-        .stderr
-        .iter()
-        .filter(|line| line.contains("accept failed"))
-        .count();
-    assert!(warnings < 50, "{warnings} accept warnings");
+    common::exhaust_descriptors_then_recover(&mut server, addr, 70).await;
 }
 
 /// `ws:` listeners ride the ring too: hyper's HTTP/1.1 upgrade, then the

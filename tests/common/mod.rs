@@ -143,6 +143,38 @@ pub async fn read_until_closed(stream: &mut TcpStream) -> (Vec<u8>, Duration) {
     }
 }
 
+/// Connects `clients` (more than `server` has descriptors for), expects
+/// an EMFILE accept warning, then checks the server backs off rather than
+/// spins (fewer than 50 warnings), serves again once they close, and exits
+/// 0 at SIGTERM.
+#[allow(dead_code)]
+pub async fn exhaust_descriptors_then_recover(
+    server: &mut ServerProcess,
+    addr: SocketAddr,
+    clients: usize,
+) {
+    let mut open = Vec::new();
+    for _ in 0..clients {
+        open.push(TcpStream::connect(addr).await.unwrap());
+    }
+    let warning = server.wait_for("accept failed");
+    assert!(
+        warning.contains("Too many open files") || warning.contains("os error 24"),
+        "{warning}"
+    );
+    drop(open);
+    assert_eq!(round_trip(addr, b"recovered\n").await, b"recovered\n");
+    assert!(server.child.try_wait().unwrap().is_none(), "server exited");
+    server.signal(libc::SIGTERM);
+    assert_eq!(server.wait().code(), Some(0));
+    let warnings = server
+        .stderr
+        .iter()
+        .filter(|line| line.contains("accept failed"))
+        .count();
+    assert!(warnings < 50, "{warnings} accept warnings");
+}
+
 /// Deterministic bytes that cover every value, newlines included.
 pub fn pattern(len: usize, seed: u8) -> Vec<u8> {
     (0..len)

@@ -7,13 +7,13 @@ use std::{
     task::{Context, Poll},
 };
 
-use io_uring::{opcode, types};
+use io_uring::{opcode, squeue, types};
 
 use super::{
     buffers::Buffers,
     ring::{
-        send_entry, user_data, Recv, Ring, Sending, ACCEPT_HOLD, HOLD_MAX, OP_ACCEPT, OP_RECV,
-        OP_SEND,
+        send_entry, user_data, Conn, Recv, Ring, Sending, ACCEPT_HOLD, HOLD_MAX, OP_ACCEPT,
+        OP_RECV, OP_SEND,
     },
 };
 
@@ -34,10 +34,21 @@ impl Ring {
         let entry = opcode::RecvMulti::new(types::Fd(conn.fd), Buffers::GROUP)
             .build()
             .user_data(user_data(slot, conn.generation, OP_RECV));
-        conn.recv = Recv::Armed;
-        if let Err(error) = self.push(&entry) {
-            let conn = self.conns[slot as usize].as_mut().expect("checked above");
-            conn.recv = Recv::Idle;
+        self.arm(slot, &entry, |conn| &mut conn.recv);
+    }
+
+    /// Queues the multishot `entry` of `slot`, whose state `state` picks:
+    /// armed, or idle again with the error when it cannot be queued.
+    fn arm(&mut self, slot: u32, entry: &squeue::Entry, state: fn(&mut Conn) -> &mut Recv) {
+        let conn = self.conns[slot as usize]
+            .as_mut()
+            .expect("checked by the caller");
+        *state(conn) = Recv::Armed;
+        if let Err(error) = self.push(entry) {
+            let conn = self.conns[slot as usize]
+                .as_mut()
+                .expect("checked by the caller");
+            *state(conn) = Recv::Idle;
             conn.error = Some(error.raw_os_error().unwrap_or(libc::EAGAIN));
         }
     }
@@ -205,12 +216,7 @@ impl Ring {
             .flags(libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC)
             .build()
             .user_data(user_data(slot, conn.generation, OP_ACCEPT));
-        conn.accept = Recv::Armed;
-        if let Err(error) = self.push(&entry) {
-            let conn = self.conns[slot as usize].as_mut().expect("checked above");
-            conn.accept = Recv::Idle;
-            conn.error = Some(error.raw_os_error().unwrap_or(libc::EAGAIN));
-        }
+        self.arm(slot, &entry, |conn| &mut conn.accept);
     }
 
     /// The stream is dropped: cancel what is in flight and submit now, so
