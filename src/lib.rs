@@ -37,6 +37,7 @@ pub mod clock;
 pub mod codec;
 pub mod config;
 pub mod logging;
+pub mod quic;
 pub mod server;
 pub mod stream;
 pub mod tls;

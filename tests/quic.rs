@@ -297,6 +297,29 @@ fn bench_over_quic_verifies_every_echo() {
     );
 }
 
+/// MTU discovery searches up to what the route carries: over loopback a
+/// 4 KiB echo fits one packet instead of four 1,452-byte ones (quinn's own
+/// bound), on the server's side and on the client's (which advertises
+/// the payload it accepts).
+#[test]
+fn path_mtu_discovery_on_loopback_goes_past_ethernet_sizes() {
+    let pki = Pki::new();
+    let (mut server, addr) = quic_server(&pki, &[]);
+    let report = quic_bench(&pki, addr, &["--connections", "1", "--size", "6000"]);
+    assert_eq!(report["mismatches"], 0, "{report}");
+    let line = server.wait_for("path_mtu=");
+    let mtu: u64 = line
+        .split("path_mtu=")
+        .nth(1)
+        .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|mtu| mtu.parse().ok())
+        .unwrap_or_else(|| panic!("no path_mtu in {line}"));
+    assert!(
+        (6000..=echod::quic::MAX_PAYLOAD.into()).contains(&mtu),
+        "path MTU {mtu} after 6,000-byte echoes over loopback: {line}"
+    );
+}
+
 #[test]
 fn bench_streams_drives_several_streams_on_each_connection() {
     let pki = Pki::new();

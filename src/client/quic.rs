@@ -63,12 +63,23 @@ pub async fn connect(
     } else {
         (std::net::IpAddr::from(std::net::Ipv4Addr::UNSPECIFIED), 0)
     });
-    let mut endpoint = quinn::Endpoint::client(local).map_err(|error| failed(error.to_string()))?;
+    let socket = std::net::UdpSocket::bind(local).map_err(|error| failed(error.to_string()))?;
+    let mut endpoint = quinn::Endpoint::new(
+        crate::quic::endpoint_config(),
+        None,
+        socket,
+        Arc::new(quinn::TokioRuntime),
+    )
+    .map_err(|error| failed(error.to_string()))?;
     let mut config = (*tls.config).clone();
     config.alpn_protocols = vec![ALPN.to_vec()];
     let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(config)
         .map_err(|error| failed(error.to_string()))?;
-    endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(crypto)));
+    let mut client = quinn::ClientConfig::new(Arc::new(crypto));
+    let mut transport = quinn::TransportConfig::default();
+    transport.mtu_discovery_config(Some(crate::quic::mtu_discovery(remote)));
+    client.transport_config(Arc::new(transport));
+    endpoint.set_default_client_config(client);
     let name = tls.name.to_str();
     let connecting = endpoint
         .connect(remote, &name)

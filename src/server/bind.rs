@@ -6,7 +6,7 @@
 //! activation — from the service manager, which then replaces every
 //! configured `listen` and `udp` address.
 
-use std::{io, net::SocketAddr};
+use std::{io, net::SocketAddr, sync::Arc};
 
 use tokio::{
     net::{TcpListener, UdpSocket},
@@ -36,6 +36,8 @@ pub struct Bound {
     pub udp: Vec<UdpSocket>,
     /// `quic:` listeners.
     pub quic: Vec<quinn::Endpoint>,
+    /// What their handshakes get.
+    pub quic_server: Option<Arc<super::quic::Handshakes>>,
     /// The admin endpoint's listener, when on.
     pub admin: Option<TcpListener>,
     /// For `tls:` listeners.
@@ -64,6 +66,7 @@ impl Bound {
             listeners: Vec::new(),
             udp: Vec::new(),
             quic: Vec::new(),
+            quic_server: None,
             admin: None,
             tls,
             adopted: !inherited.is_empty(),
@@ -127,17 +130,20 @@ impl Bound {
                 }
                 Endpoint::Quic(listen) => {
                     let mut warnings = Vec::new();
-                    let server = super::quic::server_config(config, &mut warnings)?;
+                    let handshakes = super::quic::Handshakes::new(config, &mut warnings)?;
                     for warning in warnings {
                         warn!("{warning}");
                     }
                     for addr in resolved(listen).await? {
                         let endpoint = bind_udp(addr, config.reuse_port)
                             .and_then(|socket| socket.into_std())
-                            .and_then(|socket| super::quic::endpoint(socket, server.clone()))
+                            .and_then(|socket| {
+                                super::quic::endpoint(socket, handshakes.server_config())
+                            })
                             .map_err(|source| ServerError::BindUdp { addr, source })?;
                         self.quic.push(endpoint);
                     }
+                    self.quic_server = Some(Arc::new(handshakes));
                 }
                 #[cfg(unix)]
                 Endpoint::Unix(path) => {

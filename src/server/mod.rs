@@ -271,7 +271,7 @@ fn shared_state(
         metrics.clone(),
     );
     let mut shared = Shared::new(
-        reload::live(config, bound.tls.clone()),
+        reload::live(config, bound.tls.clone(), bound.quic_server.clone()),
         Arc::new(gate),
         config.tcp_nodelay,
         config.proxy_protocol,

@@ -33,7 +33,11 @@ pub struct Reloader {
 }
 
 /// The per-connection settings of `config`, with its TLS acceptor.
-pub fn live(config: &Config, tls: Option<tokio_rustls::TlsAcceptor>) -> Live {
+pub fn live(
+    config: &Config,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    quic: Option<Arc<super::quic::Handshakes>>,
+) -> Live {
     Live {
         settings: ConnectionSettings {
             codec: EchoCodec::new(config.framing, config.max_frame_length),
@@ -43,6 +47,7 @@ pub fn live(config: &Config, tls: Option<tokio_rustls::TlsAcceptor>) -> Live {
         tls,
         tls_handshake_timeout: config.tls_handshake_timeout,
         header_timeout: config.proxy_header_timeout,
+        quic,
     }
 }
 
@@ -84,8 +89,8 @@ pub fn reload(
         None
     } else {
         let mut warnings = Vec::new();
-        match super::quic::server_config(&next, &mut warnings) {
-            Ok(config) => Some(config),
+        match super::quic::Handshakes::new(&next, &mut warnings) {
+            Ok(config) => Some(Arc::new(config)),
             Err(problem) => {
                 error!("SIGHUP: configuration not reloaded: {problem}; the running configuration stays");
                 return;
@@ -103,10 +108,10 @@ pub fn reload(
             restart.join(", ")
         );
     }
-    shared.set_live(live(&next, tls));
+    shared.set_live(live(&next, tls, quic_config.clone()));
     if let Some(config) = quic_config {
         for endpoint in quic {
-            endpoint.set_server_config(Some(config.clone()));
+            endpoint.set_server_config(Some(config.server_config()));
         }
     }
     shared.gate.set_max_per_ip(next.max_connections_per_ip);

@@ -53,6 +53,8 @@ pub struct Live {
     pub tls_handshake_timeout: Duration,
     /// How long the PROXY header may take.
     pub header_timeout: Duration,
+    /// What new QUIC handshakes get on `quic:` listeners.
+    pub quic: Option<Arc<super::quic::Handshakes>>,
 }
 
 impl Shared {

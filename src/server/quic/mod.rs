@@ -11,19 +11,16 @@
 //! bounds each stream. At shutdown every stream echoes what arrived and
 //! finishes; then the connection closes with application code 0.
 
+mod stream;
+
 use std::{
     io,
-    pin::Pin,
-    sync::{Arc, Mutex},
-    task::{Context, Poll},
+    net::SocketAddr,
+    sync::Arc,
     time::{Duration, Instant},
 };
 
-use bytes::BytesMut;
-use tokio::{
-    io::{AsyncRead, AsyncWrite, ReadBuf},
-    task::JoinSet,
-};
+use tokio::task::JoinSet;
 use tracing::{debug, info};
 
 use super::{
@@ -34,7 +31,8 @@ use super::{
     session::{Connection, Shared},
     shutdown::Shutdown,
 };
-use crate::{config::Config, stream::EchoStream, tls::TlsError};
+use crate::{config::Config, tls::TlsError};
+use stream::QuicStream;
 
 /// Unidirectional streams a client may open before it sees them refused
 /// (each is stopped at once, and its credit comes back).
@@ -50,37 +48,75 @@ const CLOSE_WAIT: Duration = Duration::from_secs(1);
 /// The application error code of a server-initiated close.
 const CLOSE_CODE: u32 = 0;
 
-/// quinn's server configuration: the `tls:` certificate, key and client CA,
-/// the configured ALPN list, and echod's limits as transport parameters.
-pub fn server_config(
-    config: &Config,
-    warnings: &mut Vec<String>,
-) -> Result<quinn::ServerConfig, TlsError> {
-    let mut tls = (*crate::tls::server_config(&config.tls, warnings)?).clone();
-    tls.alpn_protocols = config
-        .quic_alpn
-        .iter()
-        .map(|protocol| protocol.as_bytes().to_vec())
-        .collect();
-    let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls)
-        .map_err(|error| TlsError(format!("QUIC: {error}")))?;
-    let mut transport = quinn::TransportConfig::default();
-    let streams = u32::try_from(config.quic_max_streams).unwrap_or(u32::MAX);
-    transport
-        .max_concurrent_bidi_streams(quinn::VarInt::from_u32(streams))
-        .max_concurrent_uni_streams(quinn::VarInt::from_u32(UNI_STREAMS))
-        .datagram_receive_buffer_size(Some(DATAGRAM_BUFFER))
-        .datagram_send_buffer_size(DATAGRAM_BUFFER);
-    // Capped at QUIC's largest idle timeout (2^62 ms).
-    let idle = config.idle_timeout.map(|timeout| {
-        quinn::IdleTimeout::try_from(timeout)
-            .unwrap_or_else(|_| quinn::IdleTimeout::from(quinn::VarInt::MAX))
-    });
-    transport.max_idle_timeout(idle);
+/// What new QUIC handshakes get: quinn's server configuration (the `tls:`
+/// certificate, key and client CA, the configured ALPN list) and echod's
+/// limits as transport parameters.
+pub struct Handshakes {
+    server: quinn::ServerConfig,
+    limits: Limits,
+}
 
-    let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
-    server.transport_config(Arc::new(transport));
-    Ok(server)
+/// echod's settings in QUIC's transport parameters.
+#[derive(Clone, Copy)]
+struct Limits {
+    streams: u32,
+    idle: Option<quinn::IdleTimeout>,
+}
+
+impl Limits {
+    fn transport(self, discovery: quinn::MtuDiscoveryConfig) -> quinn::TransportConfig {
+        let mut transport = quinn::TransportConfig::default();
+        transport
+            .max_concurrent_bidi_streams(quinn::VarInt::from_u32(self.streams))
+            .max_concurrent_uni_streams(quinn::VarInt::from_u32(UNI_STREAMS))
+            .datagram_receive_buffer_size(Some(DATAGRAM_BUFFER))
+            .datagram_send_buffer_size(DATAGRAM_BUFFER)
+            .max_idle_timeout(self.idle)
+            .mtu_discovery_config(Some(discovery));
+        transport
+    }
+}
+
+impl Handshakes {
+    pub fn new(config: &Config, warnings: &mut Vec<String>) -> Result<Handshakes, TlsError> {
+        let mut tls = (*crate::tls::server_config(&config.tls, warnings)?).clone();
+        tls.alpn_protocols = config
+            .quic_alpn
+            .iter()
+            .map(|protocol| protocol.as_bytes().to_vec())
+            .collect();
+        let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls)
+            .map_err(|error| TlsError(format!("QUIC: {error}")))?;
+        let limits = Limits {
+            streams: u32::try_from(config.quic_max_streams).unwrap_or(u32::MAX),
+            // Capped at QUIC's largest idle timeout (2^62 ms).
+            idle: config.idle_timeout.map(|timeout| {
+                quinn::IdleTimeout::try_from(timeout)
+                    .unwrap_or_else(|_| quinn::IdleTimeout::from(quinn::VarInt::MAX))
+            }),
+        };
+        let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+        server.transport_config(Arc::new(
+            limits.transport(quinn::MtuDiscoveryConfig::default()),
+        ));
+        Ok(Handshakes { server, limits })
+    }
+
+    /// The endpoint's own configuration (Retry and address-validation
+    /// tokens are made and checked with its keys).
+    pub fn server_config(&self) -> quinn::ServerConfig {
+        self.server.clone()
+    }
+
+    /// The configuration of a handshake with `peer`: the endpoint's, with
+    /// MTU discovery bounded by what the route to `peer` carries.
+    fn for_peer(&self, peer: SocketAddr) -> Arc<quinn::ServerConfig> {
+        let mut server = self.server.clone();
+        server.transport_config(Arc::new(
+            self.limits.transport(crate::quic::mtu_discovery(peer)),
+        ));
+        Arc::new(server)
+    }
 }
 
 /// Socket buffers asked for a QUIC endpoint's UDP socket, each way: every
@@ -99,7 +135,7 @@ pub fn endpoint(
     let _ = sock.set_recv_buffer_size(SOCKET_BUFFER);
     let _ = sock.set_send_buffer_size(SOCKET_BUFFER);
     quinn::Endpoint::new(
-        quinn::EndpointConfig::default(),
+        crate::quic::endpoint_config(),
         Some(server),
         socket,
         Arc::new(quinn::TokioRuntime),
@@ -173,7 +209,14 @@ pub async fn closed(endpoints: &[quinn::Endpoint]) {
 async fn serve(incoming: quinn::Incoming, connection: Connection, shared: Arc<Shared>) {
     let live = shared.live();
     let peer = &connection.peer;
-    let handshake = async { incoming.accept()?.await };
+    let remote = incoming.remote_address();
+    let handshake = async {
+        match &live.quic {
+            Some(handshakes) => incoming.accept_with(handshakes.for_peer(remote)),
+            None => incoming.accept(),
+        }?
+        .await
+    };
     let handshake = tokio::select! {
         biased;
         _ = connection.shutdown.cut() => return,
@@ -208,7 +251,8 @@ async fn serve(incoming: quinn::Incoming, connection: Connection, shared: Arc<Sh
     if !matches!(reason, CloseReason::Cut) {
         while streams.join_next().await.is_some() {}
     }
-    let lost = conn.stats().path.lost_packets;
+    let path = conn.stats().path;
+    let lost = path.lost_packets;
     if let Some(metrics) = &metrics {
         metrics.closed(&reason, opened.elapsed());
         metrics.quic_lost_packets(lost);
@@ -222,6 +266,7 @@ async fn serve(incoming: quinn::Incoming, connection: Connection, shared: Arc<Sh
                 streams = tally.streams,
                 datagrams = tally.datagrams,
                 lost_packets = lost,
+                path_mtu = path.current_mtu,
                 duration_ms = lifetime,
                 "connection from {peer} closed: {reason}"
             )
@@ -352,145 +397,5 @@ async fn echo_stream(
         close_event!(debug);
     } else {
         close_event!(info);
-    }
-}
-
-/// A QUIC bidirectional stream as the echo loop's byte stream.
-pub struct QuicStream {
-    send: quinn::SendStream,
-    /// Behind a lock only because readiness is asked through `&self`; it
-    /// is only ever taken by the stream's own task.
-    recv: Mutex<Inbox>,
-}
-
-/// The receive side, with what a readiness check read ahead.
-struct Inbox {
-    recv: quinn::RecvStream,
-    ahead: BytesMut,
-    /// The client finished its side (after `ahead`), or the stream failed.
-    end: Option<io::Result<()>>,
-}
-
-/// Bytes a readiness check reads ahead.
-const AHEAD: usize = 2048;
-
-impl QuicStream {
-    fn new(send: quinn::SendStream, recv: quinn::RecvStream) -> QuicStream {
-        QuicStream {
-            send,
-            recv: Mutex::new(Inbox {
-                recv,
-                ahead: BytesMut::new(),
-                end: None,
-            }),
-        }
-    }
-
-    fn inbox(&self) -> std::sync::MutexGuard<'_, Inbox> {
-        self.recv
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-}
-
-impl Inbox {
-    /// Reads what has arrived into `ahead` (or notes the end); pending
-    /// when nothing has.
-    fn poll_ahead(&mut self, cx: &mut Context<'_>) -> Poll<()> {
-        if !self.ahead.is_empty() || self.end.is_some() {
-            return Poll::Ready(());
-        }
-        let mut chunk = [0u8; AHEAD];
-        let mut buf = ReadBuf::new(&mut chunk);
-        match self.recv.poll_read_buf(cx, &mut buf) {
-            Poll::Pending => Poll::Pending,
-            Poll::Ready(Ok(())) if buf.filled().is_empty() => {
-                self.end = Some(Ok(()));
-                Poll::Ready(())
-            }
-            Poll::Ready(Ok(())) => {
-                self.ahead.extend_from_slice(buf.filled());
-                Poll::Ready(())
-            }
-            Poll::Ready(Err(error)) => {
-                self.end = Some(Err(error.into()));
-                Poll::Ready(())
-            }
-        }
-    }
-}
-
-impl AsyncRead for QuicStream {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let mut inbox = self.inbox();
-        if !inbox.ahead.is_empty() {
-            let n = inbox.ahead.len().min(buf.remaining());
-            buf.put_slice(&inbox.ahead.split_to(n));
-            return Poll::Ready(Ok(()));
-        }
-        match inbox.end.take() {
-            Some(Ok(())) => {
-                inbox.end = Some(Ok(()));
-                return Poll::Ready(Ok(()));
-            }
-            Some(Err(error)) => return Poll::Ready(Err(error)),
-            None => {}
-        }
-        inbox.recv.poll_read_buf(cx, buf).map_err(Into::into)
-    }
-}
-
-impl AsyncWrite for QuicStream {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        AsyncWrite::poll_write(Pin::new(&mut self.send), cx, buf)
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.send).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.send).poll_shutdown(cx)
-    }
-}
-
-impl EchoStream for QuicStream {
-    fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.inbox().poll_ahead(cx).map(Ok)
-    }
-
-    fn read_arrived(&mut self, buf: &mut BytesMut) -> io::Result<Option<usize>> {
-        let mut inbox = self.inbox();
-        let mut read = 0;
-        let mut cx = Context::from_waker(std::task::Waker::noop());
-        loop {
-            if !inbox.ahead.is_empty() {
-                read += inbox.ahead.len();
-                buf.extend_from_slice(&inbox.ahead.split());
-            }
-            match inbox.end.take() {
-                Some(Ok(())) => {
-                    inbox.end = Some(Ok(()));
-                    return Ok(Some(read));
-                }
-                Some(Err(error)) if read == 0 => return Err(error),
-                Some(Err(error)) => {
-                    inbox.end = Some(Err(error));
-                    return Ok(Some(read));
-                }
-                None => {}
-            }
-            if inbox.poll_ahead(&mut cx).is_pending() {
-                return Ok((read > 0).then_some(read));
-            }
-        }
     }
 }
