@@ -208,8 +208,7 @@ fn spawn<S: EchoStream + Send + 'static>(
     transport: Transport,
     shared: &Arc<Shared>,
 ) {
-    let session = session::serve(stream, connection, transport, shared.clone());
-    shared.coordinator.spawn(session);
+    session::spawn(stream, connection, transport, shared);
 }
 
 /// Serves the connection on this thread's io_uring; on the tokio engine

@@ -83,6 +83,52 @@ pub async fn serve<S: EchoStream + Send + 'static>(
     live: &Live,
 ) {
     let opened = Instant::now();
+    // Boxed, and freed once hyper is done: a WebSocket keeps only this
+    // function's small state, not the HTTP exchange's.
+    let (served, upgrade) = Box::pin(exchange(stream, &connection, tls, shared, live)).await;
+    // hyper hands back the stream it was given (and what it read past
+    // the request), so the WebSocket runs on it directly: readiness
+    // without a buffer while idle, and no boxed I/O layer per read.
+    let reason = match (served, upgrade) {
+        (Ok(()), Some(upgrade)) => match upgrade.await.map(|up| up.downcast::<TokioIo<S>>()) {
+            Ok(Ok(parts)) => {
+                Box::pin(websocket::echo(
+                    parts.io.into_inner(),
+                    parts.read_buf,
+                    &connection,
+                    &live.settings,
+                    shared,
+                ))
+                .await
+            }
+            Ok(Err(_)) => CloseReason::Error(std::io::Error::other(
+                "the upgraded connection is not the stream that was served",
+            )),
+            Err(error) => CloseReason::Error(std::io::Error::other(error)),
+        },
+        (Ok(()), None) => CloseReason::ClientClosed,
+        (Err(reason), _) => reason,
+    };
+    if let Some(metrics) = shared.gate.metrics() {
+        metrics.closed(&reason, opened.elapsed());
+    }
+    let peer = &connection.peer;
+    if reason.is_routine() {
+        debug!(%peer, %reason, "connection from {peer} closed: {reason}");
+    } else {
+        tracing::info!(%peer, %reason, "connection from {peer} closed: {reason}");
+    }
+}
+
+/// HTTP on `stream` until hyper is done with it; the upgrade a WebSocket
+/// request asked for, if any.
+async fn exchange<S: EchoStream + Send + 'static>(
+    stream: S,
+    connection: &Connection,
+    tls: Option<TlsInfo>,
+    shared: &Shared,
+    live: &Live,
+) -> (Result<(), CloseReason>, Option<OnUpgrade>) {
     let context = Arc::new(Context {
         client: connection.peer.clone(),
         listener: connection.listener.clone(),
@@ -124,31 +170,7 @@ pub async fn serve<S: EchoStream + Send + 'static>(
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner())
         .take();
-    let reason = match (served, upgrade) {
-        (Ok(()), Some(upgrade)) => match upgrade.await {
-            Ok(upgraded) => {
-                Box::pin(websocket::echo(
-                    upgraded,
-                    &connection,
-                    &live.settings,
-                    shared,
-                ))
-                .await
-            }
-            Err(error) => CloseReason::Error(std::io::Error::other(error)),
-        },
-        (Ok(()), None) => CloseReason::ClientClosed,
-        (Err(reason), _) => reason,
-    };
-    if let Some(metrics) = shared.gate.metrics() {
-        metrics.closed(&reason, opened.elapsed());
-    }
-    let peer = &connection.peer;
-    if reason.is_routine() {
-        debug!(%peer, %reason, "connection from {peer} closed: {reason}");
-    } else {
-        tracing::info!(%peer, %reason, "connection from {peer} closed: {reason}");
-    }
+    (served, upgrade)
 }
 
 fn http_error(error: hyper::Error) -> CloseReason {

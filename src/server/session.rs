@@ -133,22 +133,46 @@ pub struct Connection {
     pub kind: ListenerKind,
 }
 
-/// Runs one connection's whole session.
-pub async fn serve<S: EchoStream + Send + 'static>(
+/// Spawns one connection's whole session as a task of the coordinator.
+///
+/// A task's allocation is as large as its future's largest state, so each
+/// path gets a future of its own size: a plain echo carries the echo loop
+/// inline, and nothing else; HTTP (and the WebSocket it may become) carries
+/// only its own; the PROXY header and TLS handshake states (over a kilobyte
+/// for rustls) are boxed where they are reached.
+pub fn spawn<S: EchoStream + Send + 'static>(
+    stream: S,
+    connection: Connection,
+    transport: Transport,
+    shared: &Arc<Shared>,
+) {
+    let coordinator = &shared.coordinator;
+    let shared = shared.clone();
+    match (shared.proxy, transport) {
+        (ProxyProtocol::Off, Transport::PLAIN) => coordinator.spawn(async move {
+            let live = shared.live();
+            echo_connection(stream, connection, None, &shared, &live).await
+        }),
+        (ProxyProtocol::Off, Transport { tls: false, .. }) => coordinator.spawn(async move {
+            let live = shared.live();
+            http::serve(stream, connection, None, &shared, &live).await
+        }),
+        _ => coordinator.spawn(serve(stream, connection, transport, shared)),
+    }
+}
+
+/// Runs a session that starts with a PROXY header or a TLS handshake.
+async fn serve<S: EchoStream + Send + 'static>(
     stream: S,
     connection: Connection,
     transport: Transport,
     shared: Arc<Shared>,
 ) {
-    // The plain path stays small: a task's allocation is as large as its
-    // largest state, so the PROXY header and TLS handshake states (over a
-    // kilobyte for rustls) are boxed rather than carried by every plain
-    // connection.
     let live = shared.live();
     let (shared, live) = (&*shared, &*live);
     match (shared.proxy, transport) {
         (ProxyProtocol::Off, Transport::PLAIN) => {
-            echo_connection(stream, connection, None, shared, live).await
+            Box::pin(echo_connection(stream, connection, None, shared, live)).await
         }
         (ProxyProtocol::Off, Transport { tls: false, .. }) => {
             Box::pin(http::serve(stream, connection, None, shared, live)).await

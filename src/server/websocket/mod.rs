@@ -7,13 +7,16 @@
 //! No extension is negotiated.
 //!
 //! Echoes of messages already read are sent in one flush, as the TCP echo
-//! writes a whole batch of frames at once.
+//! writes a whole batch of frames at once. Between messages the WebSocket
+//! is parked (see [`park`]): the bare stream waits for readiness holding no
+//! buffer, as the TCP echo does.
+
+mod park;
 
 use bytes::Bytes;
 use futures_util::{FutureExt, SinkExt, StreamExt};
 use http_body_util::Full;
-use hyper::{header, upgrade::Upgraded, Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
+use hyper::{header, Request, Response, StatusCode};
 use tokio_tungstenite::{
     tungstenite::{
         self,
@@ -31,13 +34,17 @@ use super::{
     session::{Connection, Shared},
     timer::IdleTimer,
 };
-use crate::codec::FrameError;
+use crate::{codec::FrameError, stream::EchoStream};
+use park::Scanned;
 
-/// Bytes read from the socket at a time. tungstenite allocates this per
-/// connection up front, so it is kept small (its default is 128 KiB).
+/// Bytes read from the socket at a time. tungstenite allocates this while
+/// a WebSocket is unparked, so it is kept small (its default is 128 KiB).
 const READ_BUFFER: usize = 4 * 1024;
 
-type Socket = WebSocketStream<TokioIo<Upgraded>>;
+type Socket<S> = WebSocketStream<Scanned<S>>;
+
+/// Should tokio-tungstenite's constructor ever wait (it does not today).
+const SETUP_WAITED: &str = "setting up the WebSocket would have waited";
 
 /// The handshake's answer when `request` asks for a WebSocket: 101 with
 /// the accept key, or 400/426 when the request is not a valid upgrade.
@@ -92,9 +99,11 @@ pub fn accept<B>(request: &Request<B>) -> Option<Response<Full<Bytes>>> {
     Some(response)
 }
 
-/// Echoes messages until the WebSocket ends; returns why.
-pub async fn echo(
-    upgraded: Upgraded,
+/// Echoes messages until the WebSocket ends; returns why. `stream` is the
+/// connection hyper upgraded, `already` what hyper read past the request.
+pub async fn echo<S: EchoStream>(
+    stream: S,
+    already: Bytes,
     connection: &Connection,
     settings: &ConnectionSettings,
     shared: &Shared,
@@ -104,8 +113,22 @@ pub async fn echo(
         .max_message_size(Some(max))
         .max_frame_size(Some(max))
         .read_buffer_size(READ_BUFFER);
-    let mut ws =
-        WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config)).await;
+    // Boxed: parking drops it (and its buffers) and keeps only the stream.
+    // tokio-tungstenite's constructor is an async fn that never waits; run
+    // at once, its state is not kept in this future's.
+    let unpark = |stream: Scanned<S>, already: Vec<u8>| {
+        WebSocketStream::from_partially_read(stream, already, Role::Server, Some(config))
+            .now_or_never()
+            .map(Box::new)
+    };
+    let scanned = Scanned::new(stream, &already);
+    // A copy: `already` is a slice of hyper's whole read buffer, which it
+    // would otherwise keep for the life of the WebSocket.
+    let copied = already.to_vec();
+    drop(already);
+    let Some(mut ws) = unpark(scanned, copied) else {
+        return CloseReason::Error(std::io::Error::other(SETUP_WAITED));
+    };
     let metrics = shared.gate.metrics();
     let counters = metrics.map(|metrics| metrics.echo(connection.kind));
     let shutdown = &connection.shutdown;
@@ -117,14 +140,39 @@ pub async fn echo(
     // The same lazy timer as the TCP echo: activity only records a time.
     let mut idle = IdleTimer::new(settings.idle_timeout, None, None);
     loop {
+        if ws.get_ref().holds_nothing() {
+            // Moved out through a binding dropped here, so the box is freed
+            // too, not only what it held.
+            let mut scanned = {
+                let parked = ws;
+                (*parked).into_inner()
+            };
+            // Through `&mut`: the stream need only be Send, not Sync.
+            let stream = &mut scanned.stream;
+            let woke = tokio::select! {
+                biased;
+                _ = &mut cut => return CloseReason::Cut,
+                ready = std::future::poll_fn(move |cx| stream.poll_read_ready(cx)) => match ready {
+                    Ok(()) => None,
+                    Err(error) => return CloseReason::Error(error),
+                },
+                _ = &mut drained => Some(CloseReason::Shutdown),
+                reason = idle.expired(false) => Some(reason),
+            };
+            ws = match unpark(Scanned::new(scanned.stream, &[]), Vec::new()) {
+                Some(ws) => ws,
+                None => return CloseReason::Error(std::io::Error::other(SETUP_WAITED)),
+            };
+            if let Some(reason) = woke {
+                return Box::pin(close(&mut ws, CloseCode::Away, reason, metrics)).await;
+            }
+        }
         let mut item = tokio::select! {
             biased;
             _ = &mut cut => return CloseReason::Cut,
             item = ws.next() => item,
-            _ = &mut drained => return close(&mut ws, CloseCode::Away, CloseReason::Shutdown, metrics).await,
-            _ = idle.expired(false) => {
-                return close(&mut ws, CloseCode::Away, CloseReason::IdleTimeout, metrics).await
-            }
+            _ = &mut drained => return Box::pin(close(&mut ws, CloseCode::Away, CloseReason::Shutdown, metrics)).await,
+            reason = idle.expired(false) => return Box::pin(close(&mut ws, CloseCode::Away, reason, metrics)).await,
         };
         idle.touch();
         // Echo every message that is already readable, then flush once.
@@ -138,14 +186,14 @@ pub async fn echo(
                         counters.echoed(1);
                     }
                     if let Err(error) = ws.feed(message).await {
-                        return from_error(&mut ws, error, max, metrics).await;
+                        return Box::pin(from_error(&mut ws, error, max, metrics)).await;
                     }
                 }
                 other => {
                     if let Err(error) = ws.flush().await {
-                        return from_error(&mut ws, error, max, metrics).await;
+                        return Box::pin(from_error(&mut ws, error, max, metrics)).await;
                     }
-                    if let Some(end) = control(&mut ws, other, max, metrics).await {
+                    if let Some(end) = Box::pin(control(&mut ws, other, max, metrics)).await {
                         return end;
                     }
                 }
@@ -156,15 +204,19 @@ pub async fn echo(
             }
         }
         if let Err(error) = ws.flush().await {
-            return from_error(&mut ws, error, max, metrics).await;
+            return Box::pin(from_error(&mut ws, error, max, metrics)).await;
         }
         idle.touch();
     }
 }
 
+// The ends (close, errors, control frames) are boxed where they are called:
+// inline, their futures (timeouts, lingering reads) would size the state
+// every parked WebSocket keeps.
+
 /// Everything but a data message: `Some` when the WebSocket has ended.
-async fn control(
-    ws: &mut Socket,
+async fn control<S: EchoStream>(
+    ws: &mut Socket<S>,
     item: Option<Result<Message, tungstenite::Error>>,
     max: usize,
     metrics: Option<&Metrics>,
@@ -187,8 +239,8 @@ async fn control(
 
 /// A read or write error: the close code it calls for, sent when the
 /// connection can still carry it.
-async fn from_error(
-    ws: &mut Socket,
+async fn from_error<S: EchoStream>(
+    ws: &mut Socket<S>,
     error: tungstenite::Error,
     max: usize,
     metrics: Option<&Metrics>,
@@ -234,8 +286,8 @@ async fn from_error(
 
 /// Sends a close frame with `code`, then waits (at most [`LINGER`]) for the
 /// client's reply, so the close is not lost to a reset.
-async fn close(
-    ws: &mut Socket,
+async fn close<S: EchoStream>(
+    ws: &mut Socket<S>,
     code: CloseCode,
     reason: CloseReason,
     metrics: Option<&Metrics>,
@@ -257,7 +309,7 @@ async fn close(
 }
 
 /// Reads (and drops) what the client still sends until it closes.
-async fn linger(ws: &mut Socket) {
+async fn linger<S: EchoStream>(ws: &mut Socket<S>) {
     let _ =
         tokio::time::timeout(LINGER, async { while let Some(Ok(_)) = ws.next().await {} }).await;
 }
