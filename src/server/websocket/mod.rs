@@ -167,7 +167,7 @@ pub async fn echo<S: EchoStream>(
                 return Box::pin(close(&mut ws, CloseCode::Away, reason, metrics)).await;
             }
         }
-        let mut item = tokio::select! {
+        let item = tokio::select! {
             biased;
             _ = &mut cut => return CloseReason::Cut,
             item = ws.next() => item,
@@ -175,39 +175,54 @@ pub async fn echo<S: EchoStream>(
             reason = idle.expired(false) => return Box::pin(close(&mut ws, CloseCode::Away, reason, metrics)).await,
         };
         idle.touch();
-        // Echo every message that is already readable, then flush once.
-        loop {
-            match item {
-                Some(Ok(message)) if message.is_text() || message.is_binary() => {
-                    if let Some(counters) = counters {
-                        let len = message.len() as u64;
-                        counters.bytes_received.inc_by(len);
-                        counters.bytes_echoed.inc_by(len);
-                        counters.echoed(1);
-                    }
-                    if let Err(error) = ws.feed(message).await {
-                        return Box::pin(from_error(&mut ws, error, max, metrics)).await;
-                    }
-                }
-                other => {
-                    if let Err(error) = ws.flush().await {
-                        return Box::pin(from_error(&mut ws, error, max, metrics)).await;
-                    }
-                    if let Some(end) = Box::pin(control(&mut ws, other, max, metrics)).await {
-                        return end;
-                    }
-                }
-            }
-            match ws.next().now_or_never() {
-                Some(next) => item = next,
-                None => break,
-            }
-        }
-        if let Err(error) = ws.flush().await {
-            return Box::pin(from_error(&mut ws, error, max, metrics)).await;
+        if let Some(end) = burst(&mut ws, item, counters, max, metrics).await {
+            return end;
         }
         idle.touch();
     }
+}
+
+/// Echoes `item` and every message already readable after it, then
+/// flushes once; `Some` when the WebSocket has ended.
+async fn burst<S: EchoStream>(
+    ws: &mut Socket<S>,
+    mut item: Option<Result<Message, tungstenite::Error>>,
+    counters: Option<&super::metrics::EchoCounters>,
+    max: usize,
+    metrics: Option<&Metrics>,
+) -> Option<CloseReason> {
+    // Echo every message that is already readable, then flush once.
+    loop {
+        match item {
+            Some(Ok(message)) if message.is_text() || message.is_binary() => {
+                if let Some(counters) = counters {
+                    let len = message.len() as u64;
+                    counters.bytes_received.inc_by(len);
+                    counters.bytes_echoed.inc_by(len);
+                    counters.echoed(1);
+                }
+                if let Err(error) = ws.feed(message).await {
+                    return Some(Box::pin(from_error(ws, error, max, metrics)).await);
+                }
+            }
+            other => {
+                if let Err(error) = ws.flush().await {
+                    return Some(Box::pin(from_error(ws, error, max, metrics)).await);
+                }
+                if let Some(end) = Box::pin(control(ws, other, max, metrics)).await {
+                    return Some(end);
+                }
+            }
+        }
+        match ws.next().now_or_never() {
+            Some(next) => item = next,
+            None => break,
+        }
+    }
+    if let Err(error) = ws.flush().await {
+        return Some(Box::pin(from_error(ws, error, max, metrics)).await);
+    }
+    None
 }
 
 // The ends (close, errors, control frames) are boxed where they are called:
