@@ -187,7 +187,7 @@ fn spawn_session(
                 let back = |fd: std::os::fd::OwnedFd| tokio::net::TcpStream::from_std(fd.into());
                 return on_ring(fd, back, connection, transport, shared);
             }
-            spawn(stream, connection, transport, shared);
+            session::spawn(stream, connection, transport, shared);
         }
         #[cfg(unix)]
         Stream::Unix(stream) => {
@@ -197,18 +197,9 @@ fn spawn_session(
                 let back = |fd: std::os::fd::OwnedFd| tokio::net::UnixStream::from_std(fd.into());
                 return on_ring(fd, back, connection, Transport::PLAIN, shared);
             }
-            spawn(stream, connection, Transport::PLAIN, shared);
+            session::spawn(stream, connection, Transport::PLAIN, shared);
         }
     }
-}
-
-fn spawn<S: EchoStream + Send + 'static>(
-    stream: S,
-    connection: Connection,
-    transport: Transport,
-    shared: &Arc<Shared>,
-) {
-    session::spawn(stream, connection, transport, shared);
 }
 
 /// Serves the connection on this thread's io_uring; on the tokio engine
@@ -229,7 +220,7 @@ fn on_ring<S: EchoStream + Send + 'static>(
         }
     };
     match super::uring::UringStream::new(fd) {
-        Ok(stream) => spawn(stream, connection, transport, shared),
+        Ok(stream) => session::spawn(stream, connection, transport, shared),
         Err((error, fd)) => {
             thread_local! {
                 static WARNED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
@@ -238,7 +229,7 @@ fn on_ring<S: EchoStream + Send + 'static>(
                 warn!(%error, "no io_uring on this thread: {error}; its connections use the tokio engine");
             }
             match back(fd) {
-                Ok(stream) => spawn(stream, connection, transport, shared),
+                Ok(stream) => session::spawn(stream, connection, transport, shared),
                 Err(error) => debug!(peer = %connection.peer, %error, "cannot serve"),
             }
         }
