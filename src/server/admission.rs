@@ -133,6 +133,11 @@ impl Admission {
         Some(())
     }
 
+    /// The server's metrics, when they are on.
+    pub fn metrics(&self) -> Option<&Metrics> {
+        self.gate.metrics()
+    }
+
     /// Counts why the connection is refused before its echo began.
     pub fn reject(&self, why: Rejection) {
         if let Some(metrics) = &self.gate.metrics {

@@ -7,6 +7,7 @@
 //! connection stays at one read buffer plus the frame limit.
 
 use std::{
+    future::Future,
     io,
     pin::Pin,
     task::{Context, Poll},
@@ -16,7 +17,12 @@ use std::{
 use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
-use super::{metrics::EchoCounters, reason::CloseReason, shutdown::Shutdown, timer::IdleTimer};
+use super::{
+    metrics::EchoCounters,
+    reason::CloseReason,
+    shutdown::{Shutdown, Stage},
+    timer::IdleTimer,
+};
 use crate::{
     codec::{EchoCodec, FrameError, Framer, Framing},
     stream::EchoStream,
@@ -56,31 +62,54 @@ pub struct ConnectionStats {
 /// When the shutdown starts draining, the loop stops waiting for input: it
 /// takes what the socket already holds, echoes every byte of it that forms
 /// a frame, sends FIN and returns [`CloseReason::Shutdown`]. While it only
-/// waits for its client to close, it counts as lingering.
-pub async fn echo<S>(
-    stream: &mut S,
-    settings: &ConnectionSettings,
-    shutdown: &Shutdown,
-    stats: &mut ConnectionStats,
-    counters: Option<&EchoCounters>,
-) -> CloseReason
+/// waits for its client to close, it counts as lingering. At the cut it
+/// stops wherever it is and returns [`CloseReason::Cut`].
+///
+/// A plain function around an `async move` block, not an `async fn`: an
+/// `async fn` stores its arguments twice in its future, and this future is
+/// most of what an idle connection costs.
+#[allow(clippy::manual_async_fn)]
+pub fn echo<'a, S>(
+    stream: &'a mut S,
+    settings: &'a ConnectionSettings,
+    shutdown: &'a Shutdown,
+    stats: &'a mut ConnectionStats,
+    counters: Option<&'a EchoCounters>,
+) -> impl Future<Output = CloseReason> + 'a
 where
     S: EchoStream,
 {
-    let input_clock = stream.input_clock();
-    let mut conn = Echo {
-        stream,
-        framer: Framer::new(settings.codec, counters.is_some()),
-        idle: IdleTimer::new(settings.idle_timeout, settings.frame_timeout, input_clock),
-        buf: BytesMut::new(),
-        shutdown,
-        stats,
-        counters,
-    };
-    match conn.run().await {
-        Ok(reason) => reason,
-        Err(error) if error.kind() == io::ErrorKind::TimedOut => CloseReason::IdleTimeout,
-        Err(error) => CloseReason::Error(error),
+    async move {
+        let input_clock = stream.input_clock();
+        let mut conn = Echo {
+            stream,
+            framer: Framer::new(settings.codec, counters.is_some()),
+            idle: IdleTimer::new(settings.idle_timeout, settings.frame_timeout, input_clock),
+            buf: BytesMut::new(),
+            shutdown,
+            stats,
+            counters,
+        };
+        // One registration with the shutdown at a time, for both stages:
+        // at the drain it wakes the task, and the loop, seeing the flag,
+        // stops reading; at the cut the connection ends where it is.
+        let mut stages = std::pin::pin!(shutdown.stages());
+        let mut run = std::pin::pin!(conn.run());
+        let ran = loop {
+            tokio::select! {
+                biased;
+                stage = &mut stages => match stage {
+                    Stage::Drain => continue,
+                    Stage::Cut => return CloseReason::Cut,
+                },
+                ran = &mut run => break ran,
+            }
+        };
+        match ran {
+            Ok(reason) => reason,
+            Err(error) if error.kind() == io::ErrorKind::TimedOut => CloseReason::IdleTimeout,
+            Err(error) => CloseReason::Error(error),
+        }
     }
 }
 
@@ -97,31 +126,33 @@ struct Echo<'a, S> {
 }
 
 impl<S: EchoStream> Echo<'_, S> {
+    /// The loop. It sees the drain by its flag (one atomic load per turn
+    /// and per wake-up); [`echo`] wakes it when the drain begins. The rare
+    /// ends are boxed: their states (each with a linger timer) would
+    /// otherwise be part of every connection's future.
     async fn run(&mut self) -> io::Result<CloseReason> {
-        // Pinned once, and polled only when the read has to wait: polling a
-        // pending cancellation takes a lock. The flag check at the top of
-        // the loop is one atomic load, so a client whose input is always
-        // ready still sees the shutdown.
         let shutdown = self.shutdown;
-        let drained = shutdown.draining();
-        tokio::pin!(drained);
         loop {
-            if shutdown.is_draining() {
-                return self.finish_draining().await;
-            }
             let (stream, buf) = (&mut *self.stream, &mut self.buf);
             let read = tokio::select! {
                 biased;
-                read = std::future::poll_fn(|cx| poll_read_lazily(stream, buf, cx)) => read?,
+                read = std::future::poll_fn(|cx| {
+                    if shutdown.is_draining() {
+                        return Poll::Ready(None);
+                    }
+                    poll_read_lazily(stream, buf, cx).map(Some)
+                }) => read.transpose()?,
                 reason = self.idle.expired(true) => return Ok(reason),
-                _ = &mut drained => return self.finish_draining().await,
+            };
+            let Some(read) = read else {
+                return Box::pin(self.finish_draining()).await;
             };
             if read == 0 {
-                return self.finish(CloseReason::ClientClosed).await;
+                return Box::pin(self.finish(CloseReason::ClientClosed)).await;
             }
             self.received(read);
             if let Some(error) = self.echo_complete_frames().await? {
-                return self.close_early(CloseReason::FrameTooLong(error)).await;
+                return Box::pin(self.close_early(CloseReason::FrameTooLong(error))).await;
             }
         }
     }

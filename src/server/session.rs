@@ -149,10 +149,12 @@ pub fn spawn<S: EchoStream + Send + 'static>(
     let coordinator = &shared.coordinator;
     let shared = shared.clone();
     match (shared.proxy, transport) {
-        (ProxyProtocol::Off, Transport::PLAIN) => coordinator.spawn(async move {
-            let live = shared.live();
-            echo_connection(stream, connection, None, &shared, &live).await
-        }),
+        (ProxyProtocol::Off, Transport::PLAIN) => coordinator.spawn(echo_connection(
+            stream,
+            connection,
+            None,
+            shared.live().settings,
+        )),
         (ProxyProtocol::Off, Transport { tls: false, .. }) => coordinator.spawn(async move {
             let live = shared.live();
             http::serve(stream, connection, None, &shared, &live).await
@@ -172,7 +174,7 @@ async fn serve<S: EchoStream + Send + 'static>(
     let (shared, live) = (&*shared, &*live);
     match (shared.proxy, transport) {
         (ProxyProtocol::Off, Transport::PLAIN) => {
-            Box::pin(echo_connection(stream, connection, None, shared, live)).await
+            Box::pin(echo_connection(stream, connection, None, live.settings)).await
         }
         (ProxyProtocol::Off, Transport { tls: false, .. }) => {
             Box::pin(http::serve(stream, connection, None, shared, live)).await
@@ -245,7 +247,7 @@ async fn read_proxy_header<S: EchoStream + Send + 'static>(
     match transport {
         Transport { tls: true, .. } => secure(stream, connection, transport, shared, live).await,
         Transport { http: true, .. } => http::serve(stream, connection, None, shared, live).await,
-        Transport::PLAIN => echo_connection(stream, connection, None, shared, live).await,
+        Transport::PLAIN => echo_connection(stream, connection, None, live.settings).await,
     }
 }
 
@@ -289,7 +291,7 @@ async fn secure<S: EchoStream + Send + 'static>(
                 let tls = http::TlsInfo::of(session, subject);
                 return http::serve(stream, connection, Some(tls), shared, live).await;
             }
-            return echo_connection(stream, connection, subject, shared, live).await;
+            return echo_connection(stream, connection, subject, live.settings).await;
         }
         Err(failure) => failure,
     };
@@ -312,40 +314,47 @@ async fn secure<S: EchoStream + Send + 'static>(
 
 /// Echoes until the connection ends or is cut, then logs one line.
 /// `client_cert` is the subject of a verified TLS client certificate.
-async fn echo_connection<S: EchoStream>(
+///
+/// An `async move` block rather than an `async fn`: the arguments of an
+/// `async fn` are stored twice in its future (once as arguments, once
+/// moved into the body), and this future is most of an idle connection's
+/// memory (as an `async fn` it was 248 bytes larger, 1,312 against 1,064).
+#[allow(clippy::manual_async_fn)]
+fn echo_connection<S: EchoStream>(
     mut stream: S,
     connection: Connection,
     client_cert: Option<String>,
-    shared: &Shared,
-    live: &Live,
-) {
-    let opened = Instant::now();
-    let (peer, client_cert) = (&connection.peer, client_cert.as_deref());
-    match client_cert {
-        Some(subject) => debug!(%peer, client_cert = subject, "connection opened"),
-        None => debug!(%peer, "connection opened"),
+    settings: ConnectionSettings,
+) -> impl std::future::Future<Output = ()> {
+    async move {
+        let opened = Instant::now();
+        let (peer, client_cert) = (&connection.peer, client_cert.as_deref());
+        match client_cert {
+            Some(subject) => debug!(%peer, client_cert = subject, "connection opened"),
+            None => debug!(%peer, "connection opened"),
+        }
+        let mut stats = ConnectionStats::default();
+        let metrics = connection.admission.metrics();
+        // Awaited where it is built: a future held in a local and then
+        // moved would take its size twice in this task. Events inside the
+        // echo loop (TRACE `read`) name their connection by the span.
+        let reason = echo::echo(
+            &mut stream,
+            &settings,
+            &connection.shutdown,
+            &mut stats,
+            metrics.map(|metrics| metrics.echo(connection.kind)),
+        )
+        .instrument(
+            tracing::debug_span!(target: "echod::connection", "connection", %peer, client_cert),
+        )
+        .await;
+        let lifetime = opened.elapsed();
+        if let Some(metrics) = metrics {
+            metrics.closed(&reason, lifetime);
+        }
+        log_close(peer, client_cert, &reason, &stats, lifetime);
     }
-    let mut stats = ConnectionStats::default();
-    // Events inside the echo loop (TRACE `read`) name their connection.
-    let span = tracing::debug_span!(target: "echod::connection", "connection", %peer, client_cert);
-    let metrics = shared.gate.metrics();
-    let echo = echo::echo(
-        &mut stream,
-        &live.settings,
-        &connection.shutdown,
-        &mut stats,
-        metrics.map(|metrics| metrics.echo(connection.kind)),
-    );
-    let reason = tokio::select! {
-        biased;
-        _ = connection.shutdown.cut() => CloseReason::Cut,
-        reason = echo.instrument(span) => reason,
-    };
-    let lifetime = opened.elapsed();
-    if let Some(metrics) = metrics {
-        metrics.closed(&reason, lifetime);
-    }
-    log_close(peer, client_cert, &reason, &stats, lifetime);
 }
 
 fn log_close(

@@ -37,21 +37,23 @@ pub struct ShutdownReport {
     pub cut: usize,
 }
 
-/// What one task needs to know of the server's shutdown.
-#[derive(Clone, Debug)]
+/// What one task needs to know of the server's shutdown: one pointer, so
+/// that every connection carries it cheaply.
+#[derive(Clone, Debug, Default)]
 pub struct Shutdown {
-    drain: CancellationToken,
-    cut: CancellationToken,
     state: Arc<State>,
 }
 
-/// What every task reads without a lock. A token's own `is_cancelled`
-/// takes its node's mutex; these flags are set just before the tokens are
-/// cancelled, so a task that sees one unset and waits is still woken.
+/// The tokens wake waiting tasks; the flags are what every task reads
+/// without a lock (a token's own `is_cancelled` takes its mutex). A flag is
+/// set just before its token is cancelled, so a task that sees it unset and
+/// waits is still woken.
 #[derive(Debug, Default)]
 struct State {
+    drain: CancellationToken,
+    cut: CancellationToken,
     draining: AtomicBool,
-    cut: AtomicBool,
+    cut_now: AtomicBool,
     lingering: AtomicUsize,
 }
 
@@ -64,12 +66,22 @@ impl Shutdown {
 
     /// Resolves when the graceful shutdown begins.
     pub fn draining(&self) -> Signal<'_> {
-        Signal::new(&self.state.draining, self.drain.cancelled())
+        Signal::new(&self.state.draining, self.state.drain.cancelled())
     }
 
     /// Resolves when what is still open must be dropped.
     pub fn cut(&self) -> Signal<'_> {
-        Signal::new(&self.state.cut, self.cut.cancelled())
+        Signal::new(&self.state.cut_now, self.state.cut.cancelled())
+    }
+
+    /// The drain and then the cut, waited for by one future (for a task
+    /// that must see both: one registration at a time, not two).
+    pub fn stages(&self) -> Stages<'_> {
+        Stages {
+            shutdown: self,
+            next: Stage::Drain,
+            signal: self.draining(),
+        }
     }
 
     /// Counts this task as lingering (owing its client nothing more) for
@@ -79,15 +91,50 @@ impl Shutdown {
         Lingering(self.state.clone())
     }
 
-    /// The value for one more task. Its own child token means that waiting
-    /// on it locks only that task's state, not one lock shared by every
-    /// connection.
+    /// The value for one more task. Every task waits on the same two
+    /// tokens: a task registers with one once (see [`Signal`]), so the
+    /// shared lock is taken per connection, not per message, and a
+    /// connection costs no token node of its own.
     pub fn for_task(&self) -> Shutdown {
-        Shutdown {
-            drain: self.drain.child_token(),
-            cut: self.cut.clone(),
-            state: self.state.clone(),
+        self.clone()
+    }
+}
+
+/// A stage of the shutdown, as [`Stages`] reports it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stage {
+    /// The graceful shutdown began: finish what arrived, then close.
+    Drain,
+    /// What is still open must be dropped now.
+    Cut,
+}
+
+pin_project_lite::pin_project! {
+    /// Resolves with [`Stage::Drain`] when the graceful shutdown begins
+    /// and, polled again, with [`Stage::Cut`] (then stays resolved). Not
+    /// fused: a `select!` loop polls it again after the drain.
+    pub struct Stages<'a> {
+        shutdown: &'a Shutdown,
+        next: Stage,
+        #[pin]
+        signal: Signal<'a>,
+    }
+}
+
+impl Future for Stages<'_> {
+    type Output = Stage;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Stage> {
+        let mut this = self.project();
+        if this.signal.as_mut().poll(cx).is_pending() {
+            return Poll::Pending;
         }
+        let stage = *this.next;
+        if stage == Stage::Drain {
+            *this.next = Stage::Cut;
+            this.signal.set(this.shutdown.cut());
+        }
+        Poll::Ready(stage)
     }
 }
 
@@ -152,16 +199,6 @@ pub struct Coordinator {
     tasks: TaskTracker,
 }
 
-impl Default for Shutdown {
-    fn default() -> Self {
-        Shutdown {
-            drain: CancellationToken::new(),
-            cut: CancellationToken::new(),
-            state: Arc::default(),
-        }
-    }
-}
-
 impl Coordinator {
     pub fn new() -> Coordinator {
         Coordinator::default()
@@ -188,7 +225,7 @@ impl Coordinator {
     /// Starts the graceful shutdown: listeners close, connections finish.
     pub fn drain(&self) {
         self.root.state.draining.store(true, Ordering::Release);
-        self.root.drain.cancel();
+        self.root.state.drain.cancel();
     }
 
     /// After [`drain`](Self::drain): waits for every connection to finish;
@@ -218,8 +255,8 @@ impl Coordinator {
                 "{} connection(s) {why} were cut", report.cut
             );
         }
-        self.root.state.cut.store(true, Ordering::Release);
-        self.root.cut.cancel();
+        self.root.state.cut_now.store(true, Ordering::Release);
+        self.root.state.cut.cancel();
         self.tasks.wait().await;
         report
     }
@@ -258,5 +295,33 @@ mod tests {
             .expect("the drain did not wake a task that had polled its signal")
             .unwrap();
         assert_eq!(count, 100);
+    }
+
+    /// One future carries a task through both stages: the drain, then
+    /// (polled again) the cut, which the coordinator counts.
+    #[tokio::test]
+    async fn stages_resolve_with_the_drain_and_then_the_cut() {
+        let coordinator = Coordinator::new();
+        let shutdown = coordinator.shutdown();
+        let (seen, mut stages_seen) = tokio::sync::mpsc::unbounded_channel();
+        coordinator.spawn(async move {
+            let mut stages = std::pin::pin!(shutdown.stages());
+            loop {
+                let stage = stages.as_mut().await;
+                seen.send(stage).unwrap();
+                if stage == Stage::Cut {
+                    return;
+                }
+            }
+        });
+        tokio::task::yield_now().await;
+        assert!(stages_seen.try_recv().is_err(), "a stage before any began");
+        coordinator.drain();
+        assert_eq!(stages_seen.recv().await, Some(Stage::Drain));
+        let report = coordinator
+            .finish(Duration::from_millis(50), std::future::pending::<&str>())
+            .await;
+        assert_eq!(report.cut, 1);
+        assert_eq!(stages_seen.recv().await, Some(Stage::Cut));
     }
 }

@@ -374,11 +374,8 @@ async fn echo_stream(
 ) {
     let mut stats = ConnectionStats::default();
     let counters = metrics.as_deref().map(|m| m.echo(ListenerKind::Quic));
-    let reason = tokio::select! {
-        biased;
-        _ = shutdown.cut() => CloseReason::Cut,
-        reason = echo::echo(&mut stream, &settings, &shutdown, &mut stats, counters) => reason,
-    };
+    // The echo ends at the cut by itself.
+    let reason = echo::echo(&mut stream, &settings, &shutdown, &mut stats, counters).await;
     let stopped = stream.send.stopped();
     let _ = tokio::time::timeout(LINGER, stopped).await;
     macro_rules! close_event {
