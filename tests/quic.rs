@@ -162,6 +162,50 @@ fn aioquic_a_second_connection_over_the_per_ip_limit_is_retried_then_refused() {
     server.wait_for("refused: over the per-IP connection limit");
 }
 
+/// 0-RTT: a client resuming a session sends a line with its first flight
+/// and then withholds everything (its Finished too); the server accepts
+/// the early data and echoes it at 0.5-RTT, before the handshake is done.
+#[test]
+fn aioquic_0rtt_data_is_echoed_before_the_client_finishes_its_handshake() {
+    let Some(python) = aioquic() else { return };
+    let pki = Pki::new();
+    let (mut server, addr) = quic_server(&pki, &[]);
+    let result = scenario(&python, &pki, addr, "zero_rtt");
+    assert_eq!(result["first"], hex(b"first\n"), "{result}");
+    assert_eq!(result["ticket_early_data"], u32::MAX, "{result}");
+    assert_eq!(result["resumed"], true, "{result}");
+    assert_eq!(result["early_data_accepted"], true, "{result}");
+    assert_eq!(result["early"], hex(b"early\n"), "{result}");
+    assert_eq!(result["finished"], true, "{result}");
+    assert_eq!(result["handshake_done"], false, "{result}");
+    // The first connection's handshake was full; it completed, and said so.
+    server.wait_for("QUIC handshake with");
+}
+
+/// Served at 0.5-RTT, a connection must still finish its handshake in
+/// time: one whose client never sends its Finished is closed at the
+/// handshake timeout, and its slot is free again.
+#[test]
+fn aioquic_a_handshake_never_finished_is_closed_at_the_handshake_timeout() {
+    let Some(python) = aioquic() else { return };
+    let pki = Pki::new();
+    let (mut server, addr) = quic_server(
+        &pki,
+        &["--tls-handshake-timeout", "0.5", "--max-connections", "1"],
+    );
+    let result = scenario(&python, &pki, addr, "stalled");
+    let after = result["closed_after_s"].as_f64().unwrap();
+    assert!((0.4..10.0).contains(&after), "{result}");
+    // Before the handshake is done an application close goes out as the
+    // transport error APPLICATION_ERROR (0x0c), without its reason (RFC
+    // 9000, 10.2.3).
+    assert_eq!(result["code"], 0x0c, "{result}");
+    server.wait_for("failed: timed out");
+    // The one slot is free: a normal client is served.
+    let echoed = scenario(&python, &pki, addr, "lines");
+    assert_eq!(echoed["echoed"], echoed["sent"], "{echoed}");
+}
+
 #[test]
 fn aioquic_raw_framing_echoes_1_mib_byte_for_byte() {
     let Some(python) = aioquic() else { return };

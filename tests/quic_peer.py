@@ -5,7 +5,8 @@
 
 Prints one JSON object with what it saw (bytes as hex); the Rust test
 asserts on it. Scenarios: lines, frame_limit, streams, connections,
-datagrams, alpn, raw, idle, shutdown, uni, per_ip.
+datagrams, alpn, raw, idle, shutdown, uni, per_ip, zero_rtt,
+stalled.
 """
 import asyncio, json, os, ssl, sys, time
 
@@ -193,6 +194,73 @@ async def per_ip():
     async with client() as third:
         third_echoed, _ = await third.exchange(b"third\n")
     return {"first": echoed.hex(), "second_refused": second_refused, "third": third_echoed.hex()}
+
+
+class Sink:
+    def sendto(self, data, addr):
+        pass
+
+
+class Withholding(Echo):
+    """Sends nothing once `hold` is set: not its acknowledgements, not its
+    handshake Finished."""
+
+    hold = False
+
+    def transmit(self):
+        if not self.hold:
+            return super().transmit()
+        real, self._transport = self._transport, Sink()
+        try:
+            super().transmit()
+        finally:
+            self._transport = real
+
+
+async def zero_rtt():
+    # A first connection keeps the server's session ticket; a second
+    # resumes with it, sends a line as 0-RTT data in its first flight and
+    # then nothing more, not even its Finished: the echo can only come
+    # from a server that serves 0-RTT data at 0.5-RTT.
+    tickets, got = [], asyncio.Event()
+
+    def keep(ticket):
+        tickets.append(ticket)
+        got.set()
+
+    async with connect(HOST, PORT, configuration=configuration(), create_protocol=Echo,
+                       session_ticket_handler=keep) as first:
+        first_echo, _ = await first.exchange(b"first\n")
+        await asyncio.wait_for(got.wait(), PATIENCE)
+    config = configuration()
+    config.session_ticket = tickets[-1]
+    async with connect(HOST, PORT, configuration=config, create_protocol=Withholding,
+                       wait_connected=False) as second:
+        stream = second._quic.get_next_available_stream_id()
+        # The first transmit: the Initial and the 0-RTT packet together.
+        second.send(stream, b"early\n", end=True)
+        second.hold = True
+        await second.until(lambda: second.done(stream))
+        result = {"first": first_echo.hex(), "early": bytes(second.data.get(stream, b"")).hex(),
+                  "finished": stream in second.ended,
+                  "ticket_early_data": tickets[-1].max_early_data_size,
+                  "resumed": second._quic.tls.session_resumed,
+                  "early_data_accepted": second._quic.tls.early_data_accepted,
+                  "handshake_done": second._connected}
+        second.hold = False
+        return result
+
+
+async def stalled():
+    # Sends its first flight and then nothing: the handshake never
+    # completes. Waits for the server to give up and close.
+    started = time.monotonic()
+    async with connect(HOST, PORT, configuration=configuration(), create_protocol=Withholding,
+                       wait_connected=False) as conn:
+        conn.transmit()  # the Initial: `wait_connected=False` has not sent it
+        conn.hold = True
+        code, reason = await asyncio.wait_for(asyncio.shield(conn.terminated), PATIENCE)
+        return {"closed_after_s": time.monotonic() - started, "code": code, "reason": reason}
 
 
 result = asyncio.run(globals()[SCENARIO]())

@@ -28,7 +28,7 @@ use super::{
     listen::ListenerKind,
     metrics::Metrics,
     reason::CloseReason,
-    session::{Connection, Shared},
+    session::{Connection, Live, Shared},
     shutdown::Shutdown,
 };
 use crate::{config::Config, tls::TlsError};
@@ -54,6 +54,10 @@ const CLOSE_CODE: u32 = 0;
 pub struct Handshakes {
     server: quinn::ServerConfig,
     limits: Limits,
+    /// Whether a connection is served before its handshake completes
+    /// (0.5-RTT): only when no client certificate is asked for, since
+    /// the client proves it holds one only at the end of the handshake.
+    half_rtt: bool,
 }
 
 /// echod's settings in QUIC's transport parameters.
@@ -85,6 +89,13 @@ impl Handshakes {
             .iter()
             .map(|protocol| protocol.as_bytes().to_vec())
             .collect();
+        // 0-RTT: a client resuming a session may send its first stream
+        // data with its first packet. Replayed early data only makes the
+        // server echo again, to a client that alone holds the keys to read
+        // it; and rustls's session cache hands each ticket out once
+        // (`take`), which stops replays on this server anyway. quinn takes
+        // 0 or u32::MAX here and nothing between.
+        tls.max_early_data_size = u32::MAX;
         let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls)
             .map_err(|error| TlsError(format!("QUIC: {error}")))?;
         let limits = Limits {
@@ -99,7 +110,11 @@ impl Handshakes {
         server.transport_config(Arc::new(
             limits.transport(quinn::MtuDiscoveryConfig::default()),
         ));
-        Ok(Handshakes { server, limits })
+        Ok(Handshakes {
+            server,
+            limits,
+            half_rtt: config.tls.client_ca.is_none(),
+        })
     }
 
     /// The endpoint's own configuration (Retry and address-validation
@@ -209,44 +224,30 @@ pub async fn closed(endpoints: &[quinn::Endpoint]) {
 async fn serve(incoming: quinn::Incoming, connection: Connection, shared: Arc<Shared>) {
     let live = shared.live();
     let peer = &connection.peer;
-    let remote = incoming.remote_address();
-    let handshake = async {
-        match &live.quic {
-            Some(handshakes) => incoming.accept_with(handshakes.for_peer(remote)),
-            None => incoming.accept(),
-        }?
-        .await
-    };
-    let handshake = tokio::select! {
-        biased;
-        _ = connection.shutdown.cut() => return,
-        handshake = tokio::time::timeout(live.tls_handshake_timeout, handshake) => handshake,
-    };
-    let conn = match handshake {
-        Ok(Ok(conn)) => conn,
-        Ok(Err(error)) => {
-            info!(%peer, %error, "QUIC handshake with {peer} failed: {error}");
-            return;
-        }
-        Err(_) => {
-            info!(%peer, "QUIC handshake with {peer} failed: timed out");
-            return;
-        }
+    let deadline = tokio::time::Instant::now() + live.tls_handshake_timeout;
+    let Some((conn, completing)) = handshake(incoming, &connection, &live, deadline).await else {
+        return;
     };
     let opened = Instant::now();
     debug!(%peer, "connection opened");
     let metrics = shared.gate.metrics_handle();
     let mut tally = Tally::default();
     let mut streams = JoinSet::new();
-    let reason = run(
+    let served = run(
         &conn,
         &connection,
         &live.settings,
         metrics.clone(),
         &mut tally,
         &mut streams,
-    )
-    .await;
+    );
+    let reason = match completing {
+        None => served.await,
+        Some(completed) => match complete(&conn, completed, deadline, peer, served).await {
+            Some(reason) => reason,
+            None => return,
+        },
+    };
     // The connection is gone (or cut): every stream ends at once, and logs.
     if !matches!(reason, CloseReason::Cut) {
         while streams.join_next().await.is_some() {}
@@ -277,6 +278,95 @@ async fn serve(incoming: quinn::Incoming, connection: Connection, shared: Arc<Sh
     } else {
         close_event!(info);
     }
+}
+
+/// The handshake, by `deadline`; `None` (logged) when it failed or the
+/// server was cut meanwhile. With the completion still to come when the
+/// connection is taken at 0.5-RTT.
+async fn handshake(
+    incoming: quinn::Incoming,
+    connection: &Connection,
+    live: &Live,
+    deadline: tokio::time::Instant,
+) -> Option<(quinn::Connection, Option<quinn::ZeroRttAccepted>)> {
+    let peer = &connection.peer;
+    let remote = incoming.remote_address();
+    let handshake = async {
+        let (connecting, half_rtt) = match &live.quic {
+            Some(handshakes) => (
+                incoming.accept_with(handshakes.for_peer(remote))?,
+                handshakes.half_rtt,
+            ),
+            None => (incoming.accept()?, false),
+        };
+        // Served at once (0.5-RTT), so that a client's 0-RTT stream data
+        // is echoed in the server's first flight rather than after the
+        // client's Finished: a resumed connection's first echo then takes
+        // one round trip, not two. For a server, `into_0rtt` always
+        // succeeds; the handshake must still complete in time (below).
+        if half_rtt {
+            match connecting.into_0rtt() {
+                Ok((conn, completed)) => return Ok((conn, Some(completed))),
+                Err(connecting) => return connecting.await.map(|conn| (conn, None)),
+            }
+        }
+        connecting.await.map(|conn| (conn, None))
+    };
+    let handshake = tokio::select! {
+        biased;
+        _ = connection.shutdown.cut() => return None,
+        handshake = tokio::time::timeout_at(deadline, handshake) => handshake,
+    };
+    match handshake {
+        Ok(Ok(conn)) => Some(conn),
+        Ok(Err(error)) => {
+            info!(%peer, %error, "QUIC handshake with {peer} failed: {error}");
+            None
+        }
+        Err(_) => {
+            info!(%peer, "QUIC handshake with {peer} failed: timed out");
+            None
+        }
+    }
+}
+
+/// Serves a connection taken at 0.5-RTT while its handshake completes;
+/// `None` when it does not complete by `deadline` or fails (logged as a
+/// failed handshake, as when it is awaited before serving).
+async fn complete(
+    conn: &quinn::Connection,
+    completed: quinn::ZeroRttAccepted,
+    deadline: tokio::time::Instant,
+    peer: &str,
+    served: impl std::future::Future<Output = CloseReason>,
+) -> Option<CloseReason> {
+    tokio::pin!(served);
+    let failure = tokio::select! {
+        // First: a connection that failed in its handshake also ends its
+        // streams, and that is a failed handshake.
+        biased;
+        // Resolves when the handshake completes (with whether the client's
+        // 0-RTT data was accepted) or the connection ends before that.
+        early = tokio::time::timeout_at(deadline, completed) => match early {
+            Ok(early) => match conn.close_reason() {
+                None => {
+                    debug!(%peer, early_data = early, "QUIC handshake with {peer} done");
+                    None
+                }
+                Some(error) => Some(error.to_string()),
+            },
+            Err(_) => {
+                conn.close(quinn::VarInt::from_u32(CLOSE_CODE), b"handshake timed out");
+                Some("timed out".to_owned())
+            }
+        },
+        reason = &mut served => return Some(reason),
+    };
+    if let Some(error) = failure {
+        info!(%peer, %error, "QUIC handshake with {peer} failed: {error}");
+        return None;
+    }
+    Some(served.await)
 }
 
 #[derive(Default)]
