@@ -341,6 +341,51 @@ fn bench_over_quic_verifies_every_echo() {
     );
 }
 
+/// `--reconnect --tls-resume --early-data`: after the first connection,
+/// each one resumes and sends its message as 0-RTT data; the server takes
+/// it (a refused message would fail), and every echo is verified.
+/// Without `--early-data` the report has no such key.
+#[test]
+fn bench_reconnect_with_early_data_sends_each_message_as_0rtt() {
+    let pki = Pki::new();
+    let (_server, addr) = quic_server(&pki, &[]);
+    let common = ["--reconnect", "--connections", "4", "--tls-resume"];
+    let report = quic_bench(&pki, addr, &[&common[..], &["--early-data"]].concat());
+    let messages = report["messages"].as_u64().unwrap();
+    assert!(messages > 10, "{report}");
+    assert_eq!(report["errors"], 0, "{report}");
+    assert_eq!(report["mismatches"], 0, "{report}");
+    let (sent, accepted) = (
+        report["early_data"]["sent"].as_u64().unwrap(),
+        report["early_data"]["accepted"].as_u64().unwrap(),
+    );
+    // Most connections try 0-RTT: not the first ones (no session yet), nor
+    // one that starts before an earlier one's tickets have arrived. The
+    // last ones may still be completing their handshakes when it ends.
+    assert!(sent * 2 >= messages, "{report}");
+    assert!(accepted > 0 && accepted + 8 >= sent, "{report}");
+    let plain = quic_bench(&pki, addr, &common);
+    assert!(plain.get("early_data").is_none(), "{plain}");
+    assert_eq!(plain["errors"], 0, "{plain}");
+    // Refused: without --tls-resume (no session to send early data on),
+    // and on an address that is not quic:.
+    let ca = pki.arg("ca.pem");
+    for (target, extra) in [
+        (format!("quic:{addr}"), None),
+        (format!("tls:{addr}"), Some("--tls-resume")),
+    ] {
+        let mut args = vec!["bench", &target, "--tls-ca", &ca, "--early-data"];
+        args.extend(extra);
+        let (code, _, stderr) =
+            common::run_binary(env!("CARGO_BIN_EXE_echo-client"), &args, &[], b"");
+        assert_eq!(code, Some(2), "{target}: {stderr}");
+        assert!(
+            stderr.contains("early-data") || stderr.contains("tls-resume"),
+            "{stderr}"
+        );
+    }
+}
+
 /// MTU discovery searches up to what the route carries: over loopback a
 /// 4 KiB echo fits one packet instead of four 1,452-byte ones (quinn's own
 /// bound), on the server's side and on the client's (which advertises

@@ -207,7 +207,11 @@ fn tls_setup(endpoint: &Endpoint, args: &ClientTlsArgs) -> Result<Option<TlsTarg
     let config = crate::tls::client_config(args).map_err(|e| ClientError::Usage(e.to_string()))?;
     let name = crate::tls::server_name(args, addr.host())
         .map_err(|e| ClientError::Usage(format!("--tls-server-name: {e}")))?;
-    Ok(Some(TlsTarget { config, name }))
+    Ok(Some(TlsTarget {
+        config,
+        name,
+        early_data: Default::default(),
+    }))
 }
 
 /// What a TLS connection needs: the configuration and the name to verify.
@@ -215,6 +219,17 @@ fn tls_setup(endpoint: &Endpoint, args: &ClientTlsArgs) -> Result<Option<TlsTarg
 pub struct TlsTarget {
     pub config: std::sync::Arc<rustls::ClientConfig>,
     pub name: rustls::pki_types::ServerName<'static>,
+    /// QUIC connections that sent 0-RTT data, and how many the server
+    /// took it on: shared by every connection to this target.
+    pub early_data: std::sync::Arc<EarlyData>,
+}
+
+/// Counts of 0-RTT attempts (QUIC, when the configuration enables early
+/// data and a resumable session allows it).
+#[derive(Debug, Default)]
+pub struct EarlyData {
+    pub sent: std::sync::atomic::AtomicU64,
+    pub accepted: std::sync::atomic::AtomicU64,
 }
 
 /// Connects to `addr` and completes the TLS handshake, all within `timeout`.

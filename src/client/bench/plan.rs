@@ -29,6 +29,11 @@ pub struct BenchArgs {
     /// time.
     #[arg(long)]
     pub tls_resume: bool,
+    /// quic: with --tls-resume, send each resumed connection's first
+    /// message as 0-RTT data, with the handshake's first packet (a message
+    /// the server refuses to take early fails, and counts as an error).
+    #[arg(long, requires = "tls_resume")]
+    pub early_data: bool,
     /// Load a UDP echo server: each connection is a socket, each message a
     /// datagram (--size includes an 8-byte sequence number).
     #[arg(long)]
@@ -150,6 +155,8 @@ pub struct Plan {
     pub rate_per_connection: Option<f64>,
     /// quic: streams per connection.
     pub streams: usize,
+    /// quic: first messages sent as 0-RTT data (`--early-data`).
+    pub early_data: bool,
     /// Churn: a connection's quota before it is replaced.
     pub messages_per_connection: Option<u64>,
     pub lifetime: Option<Duration>,
@@ -182,9 +189,17 @@ impl Plan {
                 "--reconnect does not go with --udp, --chaos or ws://".into(),
             ));
         }
+        if args.early_data && !matches!(endpoint, Endpoint::Quic(_)) {
+            return Err(usage("--early-data needs a quic: address".into()));
+        }
         if let (Some(tls), false) = (&mut target.tls, args.tls_resume) {
             let mut config = (*tls.config).clone();
             config.resumption = rustls::client::Resumption::disabled();
+            tls.config = std::sync::Arc::new(config);
+        }
+        if let (Some(tls), true) = (&mut target.tls, args.early_data) {
+            let mut config = (*tls.config).clone();
+            config.enable_early_data = true;
             tls.config = std::sync::Arc::new(config);
         }
         let framing: Framing = args.framing.parse().map_err(usage)?;
@@ -279,6 +294,7 @@ impl Plan {
             connect_timeout: parse_seconds("--connect-timeout", &args.connect_timeout)?,
             rate_per_connection,
             streams: args.streams,
+            early_data: args.early_data,
             messages_per_connection: args.messages_per_connection,
             lifetime,
             connect_rate: args

@@ -59,6 +59,8 @@ pub async fn reconnect_loop(
                 .await
                 .map_err(|e| io::Error::other(e.to_string()))?;
             tally.opened(phases);
+            // Every connection is a setup: `handshake_us` is theirs.
+            tally.set_up(started);
             match conn {
                 Conn::Tcp(stream) => exchange!(stream),
                 Conn::Tls(stream) => exchange!(stream),

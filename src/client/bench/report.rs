@@ -63,6 +63,10 @@ pub struct Report {
     /// ready (connect and handshakes).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub handshake_us: Option<Lag>,
+    /// --early-data: connections that sent 0-RTT data, and how many the
+    /// server accepted it on.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub early_data: Option<EarlyDataReport>,
     /// Each phase of a connection's life on its own: connect, handshake,
     /// time to first echo (counted over the whole run), round trip (the
     /// measured window, as `latency_us`). With --hist.
@@ -207,6 +211,12 @@ pub fn render(plan: &Plan, report: &Report) -> String {
         extra += &format!(
             "handshake   connect + handshake p50 {:.1} us   p99 {:.1} us   max {:.1} us\n",
             setup.p50, setup.p99, setup.max
+        );
+    }
+    if let Some(early) = &report.early_data {
+        extra += &format!(
+            "0-RTT       sent on {} connections, accepted on {}\n",
+            early.sent, early.accepted
         );
     }
     if let Some(churn) = &report.churn {
@@ -365,6 +375,20 @@ impl Report {
                     max: micros(setup.max()),
                 }
             }),
+            early_data: plan
+                .early_data
+                .then_some(plan.target.tls.as_ref())
+                .flatten()
+                .map(|tls| EarlyDataReport {
+                    sent: tls
+                        .early_data
+                        .sent
+                        .load(std::sync::atomic::Ordering::Relaxed),
+                    accepted: tls
+                        .early_data
+                        .accepted
+                        .load(std::sync::atomic::Ordering::Relaxed),
+                }),
             histograms: plan.phases.then(|| Phases {
                 connect_us: Summary::of(&tally.phase_connect_ns.borrow()),
                 handshake_us: Summary::of(&tally.phase_handshake_ns.borrow()),
@@ -384,6 +408,13 @@ impl Report {
             }),
         }
     }
+}
+
+/// 0-RTT over the run (`--early-data`).
+#[derive(Debug, Clone, Serialize)]
+pub struct EarlyDataReport {
+    pub sent: u64,
+    pub accepted: u64,
 }
 
 /// `--interval` and `--json-stream`: one line per interval.

@@ -331,8 +331,8 @@ async fn handshake(
 }
 
 /// Serves a connection taken at 0.5-RTT while its handshake completes;
-/// `None` when it does not complete by `deadline` or fails (logged as a
-/// failed handshake, as when it is awaited before serving).
+/// `None` when it does not complete by `deadline` (closed, and logged as
+/// a failed handshake, as when the handshake is awaited before serving).
 async fn complete(
     conn: &quinn::Connection,
     completed: quinn::ZeroRttAccepted,
@@ -342,22 +342,23 @@ async fn complete(
 ) -> Option<CloseReason> {
     tokio::pin!(served);
     let failure = tokio::select! {
-        // First: a connection that failed in its handshake also ends its
-        // streams, and that is a failed handshake.
         biased;
-        // Resolves when the handshake completes (with whether the client's
-        // 0-RTT data was accepted) or the connection ends before that.
-        early = tokio::time::timeout_at(deadline, completed) => match early {
-            Ok(early) => match conn.close_reason() {
-                None => {
-                    debug!(%peer, early_data = early, "QUIC handshake with {peer} done");
-                    None
+        // Resolves when the handshake completes or the connection ends
+        // before that. (Its value says whether 0-RTT was accepted only on
+        // a client.) A connection that has ended by the time this is seen
+        // may have completed first, as a client that closes right after
+        // its echo does: it is not called a failed handshake, and its end
+        // is logged with its close.
+        completed = tokio::time::timeout_at(deadline, completed) => match completed {
+            Ok(_) => {
+                if conn.close_reason().is_none() {
+                    debug!(%peer, "QUIC handshake with {peer} done");
                 }
-                Some(error) => Some(error.to_string()),
-            },
+                None
+            }
             Err(_) => {
                 conn.close(quinn::VarInt::from_u32(CLOSE_CODE), b"handshake timed out");
-                Some("timed out".to_owned())
+                Some("timed out")
             }
         },
         reason = &mut served => return Some(reason),
