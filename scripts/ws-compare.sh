@@ -3,7 +3,8 @@
 # echo-server shape (examples/tungstenite_echo.rs), alternating servers
 # inside every round (noise here is ±15-30 %: quote medians of per-round
 # ratios), with `echo-client bench ws://…` (binary messages, every echo
-# verified). Prints one line per run and a table of median ratios.
+# verified), with each server's CPU per message (--server-pid). Prints
+# one line per run and a table of median ratios.
 #
 #   ROUNDS=5 CELLS="50:64 500:64 50:4096 500:4096" scripts/ws-compare.sh
 set -euo pipefail
@@ -36,10 +37,10 @@ for round in $(seq "$ROUNDS"); do
     for server in echod tungstenite; do
       start "$server"
       json=$("$bin/echo-client" bench "ws://127.0.0.1:$port/" --connections "$conns" --size "$size" \
-        --duration "$DURATION" --warmup "$WARMUP" --json)
+        --duration "$DURATION" --warmup "$WARMUP" --server-pid "$pid" --json)
       kill "$pid"; wait "$pid" 2>/dev/null || true
       echo "{\"round\":$round,\"cell\":\"$cell\",\"server\":\"$server\",\"report\":$json}" >> "$results"
-      echo "round $round $cell $server: $(echo "$json" | python3 -c 'import json,sys; r=json.load(sys.stdin); print(int(r["msgs_per_sec"]), "msgs/s p99", r["latency_us"]["p99"], "us mismatches", r["mismatches"])')"
+      echo "round $round $cell $server: $(echo "$json" | python3 -c 'import json,sys; r=json.load(sys.stdin); print(int(r["msgs_per_sec"]), "msgs/s p99", r["latency_us"]["p99"], "us cpu/msg", round(r.get("server_cpu_us_per_msg", 0), 2), "us mismatches", r["mismatches"])')"
     done
   done
 done
@@ -47,8 +48,8 @@ python3 - "$results" <<'PY'
 import json, statistics, sys
 runs = [json.loads(line) for line in open(sys.argv[1])]
 cells = sorted({r["cell"] for r in runs}, key=lambda c: [int(x) for x in c.split(":")])
-print("| cell (conns:size) | msgs/s ratio per round (echod / tungstenite) | median | p99 ratio median |")
-print("|---|---|---:|---:|")
+print("| cell (conns:size) | msgs/s ratio per round (echod / tungstenite) | median | p99 ratio median | server CPU/msg ratio median |")
+print("|---|---|---:|---:|---:|")
 for cell in cells:
     by = {}
     for r in runs:
@@ -56,5 +57,6 @@ for cell in cells:
             by.setdefault(r["round"], {})[r["server"]] = r["report"]
     rates = [v["echod"]["msgs_per_sec"] / v["tungstenite"]["msgs_per_sec"] for v in by.values() if len(v) == 2]
     p99 = [v["echod"]["latency_us"]["p99"] / v["tungstenite"]["latency_us"]["p99"] for v in by.values() if len(v) == 2]
-    print(f"| {cell} | {' '.join(f'{x:.2f}' for x in rates)} | {statistics.median(rates):.2f} | {statistics.median(p99):.2f} |")
+    cpu = [v["echod"]["server_cpu_us_per_msg"] / v["tungstenite"]["server_cpu_us_per_msg"] for v in by.values() if len(v) == 2]
+    print(f"| {cell} | {' '.join(f'{x:.2f}' for x in rates)} | {statistics.median(rates):.2f} | {statistics.median(p99):.2f} | {statistics.median(cpu):.2f} |")
 PY
