@@ -174,6 +174,32 @@ async def main():
     assert_eq!(server.finished().await.cut, 0);
 }
 
+/// A WebSocket client that sends and never reads: its echoes fill the
+/// socket, the server's write waits, and at the grace deadline the
+/// connection is cut (and counted), not left holding the shutdown.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_websocket_that_never_reads_is_cut_at_the_grace_deadline() {
+    let mut server = TestServer::start(Config {
+        shutdown_grace: Duration::from_millis(300),
+        ..ws_config(65536)
+    })
+    .await;
+    let mut stuck = raw_websocket(server.addr(), b"").await;
+    let message = client_frame(true, 2, &[b'z'; 4096]);
+    let mut sent = 0usize;
+    // Until the server stops reading: it is blocked writing echoes.
+    while tokio::time::timeout(Duration::from_millis(300), stuck.write_all(&message))
+        .await
+        .is_ok()
+    {
+        sent += message.len();
+        assert!(sent < 512 << 20, "the server never pushed back");
+    }
+    server.begin_shutdown();
+    let report = server.finished().await;
+    assert_eq!(report.cut, 1);
+}
+
 /// The opening handshake by hand, then raw frames: what a hostile or
 /// broken client can send that a library client would refuse to.
 async fn raw_websocket(addr: SocketAddr, prefix: &[u8]) -> TcpStream {

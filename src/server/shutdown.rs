@@ -64,6 +64,11 @@ impl Shutdown {
         self.state.draining.load(Ordering::Acquire)
     }
 
+    /// True once what is still open must be dropped. One atomic load.
+    pub fn is_cut(&self) -> bool {
+        self.state.cut_now.load(Ordering::Acquire)
+    }
+
     /// Resolves when the graceful shutdown begins.
     pub fn draining(&self) -> Signal<'_> {
         Signal::new(&self.state.draining, self.state.drain.cancelled())

@@ -26,6 +26,7 @@ use tokio_tungstenite::{
     WebSocketStream,
 };
 
+use super::shutdown::{Stage, Stages};
 use super::{
     echo::{ConnectionSettings, LINGER},
     http::status,
@@ -113,14 +114,7 @@ pub async fn echo<S: EchoStream>(
         .max_message_size(Some(max))
         .max_frame_size(Some(max))
         .read_buffer_size(READ_BUFFER);
-    // Boxed: parking drops it (and its buffers) and keeps only the stream.
-    // tokio-tungstenite's constructor is an async fn that never waits; run
-    // at once, its state is not kept in this future's.
-    let unpark = |stream: Scanned<S>, already: Vec<u8>| {
-        WebSocketStream::from_partially_read(stream, already, Role::Server, Some(config))
-            .now_or_never()
-            .map(Box::new)
-    };
+    let unpark = |stream, already| unpark(stream, already, config);
     let scanned = Scanned::new(stream, &already);
     // A copy: `already` is a slice of hyper's whole read buffer, which it
     // would otherwise keep for the life of the WebSocket.
@@ -132,14 +126,22 @@ pub async fn echo<S: EchoStream>(
     let metrics = shared.gate.metrics();
     let counters = metrics.map(|metrics| metrics.echo(connection.kind));
     let shutdown = &connection.shutdown;
-    // Both pinned once: a new cancellation future per wake would lock the
-    // token's tree node every time it is polled.
-    let drained = shutdown.draining();
-    let cut = shutdown.cut();
-    tokio::pin!(drained, cut);
+    // Pinned once, and one for both stages (one registration, not two, in
+    // what every parked WebSocket keeps): a new cancellation future per
+    // wake would lock the token every time it is polled.
+    let stages = shutdown.stages();
+    tokio::pin!(stages);
     // The same lazy timer as the TCP echo: activity only records a time.
     let mut idle = IdleTimer::new(settings.idle_timeout, None, None);
     loop {
+        // By their flags: a stage may have passed while a burst ran.
+        if shutdown.is_cut() {
+            return CloseReason::Cut;
+        }
+        if shutdown.is_draining() {
+            let reason = CloseReason::Shutdown;
+            return Box::pin(close(&mut ws, CloseCode::Away, reason, metrics)).await;
+        }
         if ws.get_ref().holds_nothing() {
             // Moved out through a binding dropped here, so the box is freed
             // too, not only what it held.
@@ -147,17 +149,9 @@ pub async fn echo<S: EchoStream>(
                 let parked = ws;
                 (*parked).into_inner()
             };
-            // Through `&mut`: the stream need only be Send, not Sync.
-            let stream = &mut scanned.stream;
-            let woke = tokio::select! {
-                biased;
-                _ = &mut cut => return CloseReason::Cut,
-                ready = std::future::poll_fn(move |cx| stream.poll_read_ready(cx)) => match ready {
-                    Ok(()) => None,
-                    Err(error) => return CloseReason::Error(error),
-                },
-                _ = &mut drained => Some(CloseReason::Shutdown),
-                reason = idle.expired(false) => Some(reason),
+            let woke = match parked(&mut scanned.stream, stages.as_mut(), &mut idle).await {
+                Ok(woke) => woke,
+                Err(end) => return end,
             };
             ws = match unpark(Scanned::new(scanned.stream, &[]), Vec::new()) {
                 Some(ws) => ws,
@@ -169,17 +163,84 @@ pub async fn echo<S: EchoStream>(
         }
         let item = tokio::select! {
             biased;
-            _ = &mut cut => return CloseReason::Cut,
             item = ws.next() => item,
-            _ = &mut drained => return Box::pin(close(&mut ws, CloseCode::Away, CloseReason::Shutdown, metrics)).await,
+            stage = &mut stages => match stage {
+                Stage::Cut => return CloseReason::Cut,
+                Stage::Drain => return Box::pin(close(&mut ws, CloseCode::Away, CloseReason::Shutdown, metrics)).await,
+            },
             reason = idle.expired(false) => return Box::pin(close(&mut ws, CloseCode::Away, reason, metrics)).await,
         };
         idle.touch();
-        if let Some(end) = burst(&mut ws, item, counters, max, metrics).await {
+        if let Some(end) =
+            burst_or_cut(&mut ws, item, stages.as_mut(), counters, max, metrics).await
+        {
             return end;
         }
         idle.touch();
     }
+}
+
+/// The WebSocket over `stream`, boxed: parking drops it (and its buffers)
+/// and keeps only the stream. tokio-tungstenite's constructor is an async
+/// fn that never waits; run at once, its state is not kept in the caller's.
+fn unpark<S: EchoStream>(
+    stream: Scanned<S>,
+    already: Vec<u8>,
+    config: WebSocketConfig,
+) -> Option<Box<Socket<S>>> {
+    WebSocketStream::from_partially_read(stream, already, Role::Server, Some(config))
+        .now_or_never()
+        .map(Box::new)
+}
+
+/// Waits, parked, for the next input; `Ok(Some)` when the WebSocket is to
+/// be closed instead (the drain, the idle timeout), `Err` when it ends at
+/// once (the cut, a socket error).
+async fn parked<S: EchoStream>(
+    stream: &mut S,
+    mut stages: std::pin::Pin<&mut Stages<'_>>,
+    idle: &mut IdleTimer,
+) -> Result<Option<CloseReason>, CloseReason> {
+    // Input first, so that what arrived before the drain is echoed before
+    // the close; the cut is seen by its flag at the top of the loop, or
+    // wakes the task through `stages`.
+    tokio::select! {
+        biased;
+        // `move`: the closure holds the `&mut`, so the stream need only be
+        // Send, not Sync.
+        ready = std::future::poll_fn(move |cx| stream.poll_read_ready(cx)) => match ready {
+            Ok(()) => Ok(None),
+            Err(error) => Err(CloseReason::Error(error)),
+        },
+        stage = &mut stages => match stage {
+            Stage::Cut => Err(CloseReason::Cut),
+            Stage::Drain => Ok(Some(CloseReason::Shutdown)),
+        },
+        reason = idle.expired(false) => Ok(Some(reason)),
+    }
+}
+
+/// [`burst`], unless the cut comes first: a client that does not read its
+/// echoes holds the burst in a write, and only the cut ends it there. A
+/// drain seen meanwhile is acted on by its flag once the burst is done.
+async fn burst_or_cut<S: EchoStream>(
+    ws: &mut Socket<S>,
+    item: Option<Result<Message, tungstenite::Error>>,
+    stages: std::pin::Pin<&mut Stages<'_>>,
+    counters: Option<&super::metrics::EchoCounters>,
+    max: usize,
+    metrics: Option<&Metrics>,
+) -> Option<CloseReason> {
+    tokio::select! {
+        biased;
+        end = burst(ws, item, counters, max, metrics) => end,
+        () = until_cut(stages) => Some(CloseReason::Cut),
+    }
+}
+
+/// Resolves at the cut (passing the drain by).
+async fn until_cut(mut stages: std::pin::Pin<&mut Stages<'_>>) {
+    while stages.as_mut().await != Stage::Cut {}
 }
 
 /// Echoes `item` and every message already readable after it, then
