@@ -126,11 +126,9 @@ pub async fn echo<S: EchoStream>(
     let metrics = shared.gate.metrics();
     let counters = metrics.map(|metrics| metrics.echo(connection.kind));
     let shutdown = &connection.shutdown;
-    // Pinned once, and one for both stages (one registration, not two, in
-    // what every parked WebSocket keeps): a new cancellation future per
-    // wake would lock the token every time it is polled.
-    let stages = shutdown.stages();
-    tokio::pin!(stages);
+    // Pinned once (a new cancellation future per wake would lock the token
+    // each time), and one registration for both stages, not two.
+    let mut stages = std::pin::pin!(shutdown.stages());
     // The same lazy timer as the TCP echo: activity only records a time.
     let mut idle = IdleTimer::new(settings.idle_timeout, None, None);
     loop {
@@ -171,9 +169,14 @@ pub async fn echo<S: EchoStream>(
             reason = idle.expired(false) => return Box::pin(close(&mut ws, CloseCode::Away, reason, metrics)).await,
         };
         idle.touch();
-        if let Some(end) =
-            burst_or_cut(&mut ws, item, stages.as_mut(), counters, max, metrics).await
-        {
+        // A client that does not read its echoes holds the burst in a
+        // write: only the cut ends it there.
+        let ended = tokio::select! {
+            biased;
+            end = burst(&mut ws, item, counters, max, metrics) => end,
+            () = until_cut(stages.as_mut()) => Some(CloseReason::Cut),
+        };
+        if let Some(end) = ended {
             return end;
         }
         idle.touch();
@@ -217,24 +220,6 @@ async fn parked<S: EchoStream>(
             Stage::Drain => Ok(Some(CloseReason::Shutdown)),
         },
         reason = idle.expired(false) => Ok(Some(reason)),
-    }
-}
-
-/// [`burst`], unless the cut comes first: a client that does not read its
-/// echoes holds the burst in a write, and only the cut ends it there. A
-/// drain seen meanwhile is acted on by its flag once the burst is done.
-async fn burst_or_cut<S: EchoStream>(
-    ws: &mut Socket<S>,
-    item: Option<Result<Message, tungstenite::Error>>,
-    stages: std::pin::Pin<&mut Stages<'_>>,
-    counters: Option<&super::metrics::EchoCounters>,
-    max: usize,
-    metrics: Option<&Metrics>,
-) -> Option<CloseReason> {
-    tokio::select! {
-        biased;
-        end = burst(ws, item, counters, max, metrics) => end,
-        () = until_cut(stages) => Some(CloseReason::Cut),
     }
 }
 
