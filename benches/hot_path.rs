@@ -137,7 +137,7 @@ fn hot_path(c: &mut Criterion) {
             let id = BenchmarkId::new(framing.to_string(), size);
             group.bench_function(id, |b| {
                 b.iter_custom(|iters| {
-                    let shutdown = coordinator.shutdown().for_task();
+                    let shutdown = coordinator.shutdown();
                     let started = Instant::now();
                     for _ in 0..iters {
                         let mut feed = Feed {

@@ -95,14 +95,6 @@ impl Shutdown {
         self.state.lingering.fetch_add(1, Ordering::Relaxed);
         Lingering(self.state.clone())
     }
-
-    /// The value for one more task. Every task waits on the same two
-    /// tokens: a task registers with one once (see [`Signal`]), so the
-    /// shared lock is taken per connection, not per message, and a
-    /// connection costs no token node of its own.
-    pub fn for_task(&self) -> Shutdown {
-        self.clone()
-    }
 }
 
 /// A stage of the shutdown, as [`Stages`] reports it.
@@ -211,7 +203,11 @@ impl Coordinator {
 
     /// The shutdown value for a listener or a connection.
     pub fn shutdown(&self) -> Shutdown {
-        self.root.for_task()
+        // Every task waits on the same two tokens: a task registers with
+        // one once (see [`Signal`]), so the shared lock is taken per
+        // connection, not per message, and a connection costs no token
+        // node of its own.
+        self.root.clone()
     }
 
     /// Runs `task` as a connection the shutdown waits for.

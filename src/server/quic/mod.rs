@@ -411,7 +411,7 @@ async fn run(
                     streams.spawn(echo_stream(
                         stream,
                         *settings,
-                        shutdown.for_task(),
+                        shutdown.clone(),
                         metrics.clone(),
                         connection.peer.clone(),
                     ));
