@@ -60,7 +60,7 @@ pub struct Report {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub streams_per_connection: Option<usize>,
     /// tls:, wss:// and quic:: how long the first connections took to be
-    /// ready (connect and handshakes).
+    /// ready (connect and handshakes); with --reconnect, every connection.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub handshake_us: Option<Lag>,
     /// --early-data: connections that sent 0-RTT data, and how many the
