@@ -182,6 +182,25 @@ fn aioquic_0rtt_data_is_echoed_before_the_client_finishes_its_handshake() {
     server.wait_for("QUIC handshake with");
 }
 
+/// With a client CA the server does not serve before the client's Finished
+/// (where the client proves its certificate): a resumed client that sends
+/// 0-RTT data and withholds its Finished gets no echo, only the close at
+/// the handshake timeout.
+#[test]
+fn aioquic_with_a_client_ca_nothing_is_echoed_before_the_client_finishes() {
+    let Some(python) = aioquic() else { return };
+    let pki = Pki::new();
+    let ca = pki.arg("ca.pem");
+    let (_server, addr) = quic_server(
+        &pki,
+        &["--tls-client-ca", &ca, "--tls-handshake-timeout", "0.5"],
+    );
+    let result = scenario(&python, &pki, addr, "zero_rtt_mtls");
+    assert_eq!(result["first"], hex(b"first\n"), "{result}");
+    assert_eq!(result["early"], "", "{result}");
+    assert!(result["code"].as_u64().is_some(), "{result}");
+}
+
 /// Served at 0.5-RTT, a connection must still finish its handshake in
 /// time: one whose client never sends its Finished is closed at the
 /// handshake timeout, and its slot is free again.

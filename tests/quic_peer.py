@@ -6,7 +6,7 @@
 Prints one JSON object with what it saw (bytes as hex); the Rust test
 asserts on it. Scenarios: lines, frame_limit, streams, connections,
 datagrams, alpn, raw, idle, shutdown, uni, per_ip, zero_rtt,
-stalled.
+zero_rtt_mtls, stalled.
 """
 import asyncio, json, os, ssl, sys, time
 
@@ -67,9 +67,12 @@ class Echo(QuicConnectionProtocol):
         return bytes(self.data.get(stream, b"")), stream in self.ended
 
 
-def configuration(alpn=("echo",), datagrams=False):
+def configuration(alpn=("echo",), datagrams=False, client_cert=False):
     config = QuicConfiguration(is_client=True, alpn_protocols=list(alpn))
     config.load_verify_locations(CA)
+    if client_cert:
+        pki = os.path.dirname(CA)
+        config.load_cert_chain(os.path.join(pki, "client.pem"), os.path.join(pki, "client-key.pem"))
     config.server_name = "localhost"
     if datagrams:
         config.max_datagram_frame_size = 65536
@@ -249,6 +252,33 @@ async def zero_rtt():
                   "handshake_done": second._connected}
         second.hold = False
         return result
+
+
+async def zero_rtt_mtls():
+    # As zero_rtt, against a server that asks for a client certificate:
+    # it must not echo before the client's Finished (which proves the
+    # certificate), so the withholding client gets no echo, only the close
+    # at the handshake timeout.
+    tickets, got = [], asyncio.Event()
+
+    def keep(ticket):
+        tickets.append(ticket)
+        got.set()
+
+    async with connect(HOST, PORT, configuration=configuration(client_cert=True),
+                       create_protocol=Echo, session_ticket_handler=keep) as first:
+        first_echo, _ = await first.exchange(b"first\n")
+        await asyncio.wait_for(got.wait(), PATIENCE)
+    config = configuration(client_cert=True)
+    config.session_ticket = tickets[-1]
+    async with connect(HOST, PORT, configuration=config, create_protocol=Withholding,
+                       wait_connected=False) as second:
+        stream = second._quic.get_next_available_stream_id()
+        second.send(stream, b"early\n", end=True)
+        second.hold = True
+        code, _ = await asyncio.wait_for(asyncio.shield(second.terminated), PATIENCE)
+        return {"first": first_echo.hex(), "early": bytes(second.data.get(stream, b"")).hex(),
+                "code": code}
 
 
 async def stalled():
