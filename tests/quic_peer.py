@@ -220,33 +220,52 @@ class Withholding(Echo):
             self._transport = real
 
 
-async def zero_rtt():
-    # A first connection keeps the server's session ticket; a second
-    # resumes with it, sends a line as 0-RTT data in its first flight and
-    # then nothing more, not even its Finished: the echo can only come
-    # from a server that serves 0-RTT data at 0.5-RTT.
+async def ticket(client_cert=False):
+    """A first connection: its echo of one line, and the session ticket
+    the server sent it."""
     tickets, got = [], asyncio.Event()
 
     def keep(ticket):
         tickets.append(ticket)
         got.set()
 
-    async with connect(HOST, PORT, configuration=configuration(), create_protocol=Echo,
-                       session_ticket_handler=keep) as first:
-        first_echo, _ = await first.exchange(b"first\n")
+    async with connect(HOST, PORT, configuration=configuration(client_cert=client_cert),
+                       create_protocol=Echo, session_ticket_handler=keep) as first:
+        echoed, _ = await first.exchange(b"first\n")
         await asyncio.wait_for(got.wait(), PATIENCE)
-    config = configuration()
-    config.session_ticket = tickets[-1]
-    async with connect(HOST, PORT, configuration=config, create_protocol=Withholding,
-                       wait_connected=False) as second:
-        stream = second._quic.get_next_available_stream_id()
-        # The first transmit: the Initial and the 0-RTT packet together.
-        second.send(stream, b"early\n", end=True)
-        second.hold = True
+    return echoed, tickets[-1]
+
+
+def resuming(session_ticket, client_cert=False):
+    """A second connection resuming with `session_ticket` that, once its
+    first flight (the Initial and the 0-RTT line) is out, sends nothing:
+    not even its Finished (see `send_early`)."""
+    config = configuration(client_cert=client_cert)
+    config.session_ticket = session_ticket
+    return connect(HOST, PORT, configuration=config, create_protocol=Withholding,
+                   wait_connected=False)
+
+
+def send_early(conn):
+    stream = conn._quic.get_next_available_stream_id()
+    # The first transmit: the Initial and the 0-RTT packet together.
+    conn.send(stream, b"early\n", end=True)
+    conn.hold = True
+    return stream
+
+
+async def zero_rtt():
+    # A first connection keeps the server's session ticket; a second
+    # resumes with it, sends a line as 0-RTT data in its first flight and
+    # then nothing more: the echo can only come from a server that serves
+    # 0-RTT data at 0.5-RTT.
+    first_echo, kept = await ticket()
+    async with resuming(kept) as second:
+        stream = send_early(second)
         await second.until(lambda: second.done(stream))
         result = {"first": first_echo.hex(), "early": bytes(second.data.get(stream, b"")).hex(),
                   "finished": stream in second.ended,
-                  "ticket_early_data": tickets[-1].max_early_data_size,
+                  "ticket_early_data": kept.max_early_data_size,
                   "resumed": second._quic.tls.session_resumed,
                   "early_data_accepted": second._quic.tls.early_data_accepted,
                   "handshake_done": second._connected}
@@ -259,23 +278,9 @@ async def zero_rtt_mtls():
     # it must not echo before the client's Finished (which proves the
     # certificate), so the withholding client gets no echo, only the close
     # at the handshake timeout.
-    tickets, got = [], asyncio.Event()
-
-    def keep(ticket):
-        tickets.append(ticket)
-        got.set()
-
-    async with connect(HOST, PORT, configuration=configuration(client_cert=True),
-                       create_protocol=Echo, session_ticket_handler=keep) as first:
-        first_echo, _ = await first.exchange(b"first\n")
-        await asyncio.wait_for(got.wait(), PATIENCE)
-    config = configuration(client_cert=True)
-    config.session_ticket = tickets[-1]
-    async with connect(HOST, PORT, configuration=config, create_protocol=Withholding,
-                       wait_connected=False) as second:
-        stream = second._quic.get_next_available_stream_id()
-        second.send(stream, b"early\n", end=True)
-        second.hold = True
+    first_echo, kept = await ticket(client_cert=True)
+    async with resuming(kept, client_cert=True) as second:
+        stream = send_early(second)
         code, _ = await asyncio.wait_for(asyncio.shield(second.terminated), PATIENCE)
         return {"first": first_echo.hex(), "early": bytes(second.data.get(stream, b"")).hex(),
                 "code": code}
