@@ -206,6 +206,80 @@ async fn a_server_that_closes_connections_is_an_error_and_no_messages_exit_one()
     assert!(stderr.contains("no message completed"), "{stderr}");
 }
 
+/// A line echo server that counts the lines of every connection, in the
+/// order accepted, and closes the `close_nth` connection after 5 lines.
+async fn counting_server(
+    close_nth: usize,
+) -> (
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::Mutex<Vec<u64>>>,
+) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let counts = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let shared = counts.clone();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let counts = shared.clone();
+            let nth = {
+                let mut counts = counts.lock().unwrap();
+                counts.push(0);
+                counts.len() - 1
+            };
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 4096];
+                loop {
+                    let n = match stream.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => n,
+                    };
+                    let lines = buf[..n].iter().filter(|&&byte| byte == b'\n').count();
+                    let total = {
+                        let mut counts = counts.lock().unwrap();
+                        counts[nth] += lines as u64;
+                        counts[nth]
+                    };
+                    if nth == close_nth && total >= 5 {
+                        return;
+                    }
+                    if stream.write_all(&buf[..n]).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, counts)
+}
+
+/// One task drives all plain connections by readiness: a connection the
+/// server closes is one error and is dropped, and every other connection
+/// keeps its share of the load to the end (a lost wake-up would leave some
+/// stuck at a handful of messages while the rest run on).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_closed_connection_is_one_error_and_every_other_keeps_echoing() {
+    let (addr, counts) = counting_server(3).await;
+    let (code, stdout, stderr) = bench(lasting(
+        args(addr, &["--connections", "20", "--size", "64"]),
+        "0.8",
+    ))
+    .await;
+    assert_eq!(code, Some(0), "{stderr}");
+    let report = report(&stdout);
+    assert_eq!(report["errors"], 1, "{report}");
+    assert_eq!(report["mismatches"], 0, "{report}");
+    assert!(stderr.contains("server closed the connection"), "{stderr}");
+    let mut counts = counts.lock().unwrap().clone();
+    assert_eq!(counts.len(), 20, "{counts:?}");
+    assert!((5..=6).contains(&counts.remove(3)), "{counts:?}");
+    counts.sort_unstable();
+    let (least, median) = (counts[0], counts[counts.len() / 2]);
+    assert!(
+        least >= 20 && least >= median / 10,
+        "a connection fell behind: {counts:?}"
+    );
+}
+
 #[tokio::test]
 async fn refused_connections_are_one_clear_line_and_exit_one() {
     let addr = std::net::TcpListener::bind("127.0.0.1:0")

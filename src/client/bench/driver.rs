@@ -16,7 +16,7 @@ use tokio_util::codec::Encoder;
 
 use super::{
     reconnect::reconnect_loop,
-    stream::BenchStream,
+    stream::{BenchStream, WriteNow},
     tally::{Open, Tally, PATTERN_SPAN},
     Plan,
 };
@@ -61,8 +61,8 @@ impl Schedule {
 }
 
 /// One connection's load.
-struct Driver<S> {
-    stream: S,
+pub(super) struct Driver<S> {
+    pub(super) stream: S,
     codec: EchoCodec,
     pattern: Rc<Vec<u8>>,
     tally: Rc<Tally>,
@@ -107,8 +107,8 @@ struct Churn {
     queued_before: u64,
 }
 
-impl<S: BenchStream> Driver<S> {
-    fn new(
+impl<S: WriteNow> Driver<S> {
+    pub(super) fn new(
         stream: S,
         plan: &Plan,
         codec: EchoCodec,
@@ -170,7 +170,9 @@ impl<S: BenchStream> Driver<S> {
                     .is_some_and(|life| churn.opened.elapsed() >= life)
         })
     }
+}
 
+impl<S: BenchStream> Driver<S> {
     /// Churn: replaces the connection, whose echoes are all back.
     async fn reopen(&mut self) -> Result<(), String> {
         let churn = self.churn.as_mut().expect("churning");
@@ -268,9 +270,11 @@ impl<S: BenchStream> Driver<S> {
             }
         }
     }
+}
 
+impl<S: WriteNow> Driver<S> {
     /// Queues messages up to the pipeline depth and the queue limit.
-    fn enqueue(&mut self) {
+    pub(super) fn enqueue(&mut self) {
         while self.queued - self.done < self.pipeline as u64 && self.has_room() {
             self.push_message();
         }
@@ -315,7 +319,7 @@ impl<S: BenchStream> Driver<S> {
 
     /// Writes what it can without waiting, stamping each message whose
     /// first byte goes out (open loop: with when it was due).
-    fn flush(&mut self) -> Result<(), String> {
+    pub(super) fn flush(&mut self) -> Result<(), String> {
         while self.written < self.out.len() {
             let now = Instant::now();
             match self.stream.try_write(&self.out[self.written..]) {
@@ -344,7 +348,7 @@ impl<S: BenchStream> Driver<S> {
     }
 
     /// Compares the `echoed` bytes with what was sent.
-    fn check_echo(&mut self, echoed: &[u8]) -> Result<(), String> {
+    pub(super) fn check_echo(&mut self, echoed: &[u8]) -> Result<(), String> {
         let read = echoed.len();
         if self.total_echoed + read as u64 > self.total_written {
             self.tally.mismatches.set(self.tally.mismatches.get() + 1);
@@ -391,6 +395,13 @@ pub fn spawn_all(
     tally: &Rc<Tally>,
 ) -> Vec<JoinHandle<()>> {
     let codec = EchoCodec::new(plan.framing, MAX_FRAME_LENGTH_LIMIT);
+    // Plain streams in closed loop: one task for all of them.
+    #[cfg(unix)]
+    if super::poller::suits(plan) && !conns.is_empty() {
+        let conns = conns.into_iter().enumerate().collect();
+        let run = super::poller::run(plan.clone(), codec, conns, pattern.clone(), tally.clone());
+        return vec![tokio::task::spawn_local(run)];
+    }
     let mut drivers: Vec<JoinHandle<()>> = conns
         .into_iter()
         .enumerate()

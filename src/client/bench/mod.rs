@@ -14,6 +14,8 @@
 
 mod driver;
 mod plan;
+#[cfg(unix)]
+mod poller;
 mod ramp;
 mod reconnect;
 pub mod report;

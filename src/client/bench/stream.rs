@@ -10,10 +10,16 @@ use tokio::{io::AsyncRead, net::TcpStream};
 
 use crate::client::Conn;
 
-/// What the stream driver needs of a socket: TCP, Unix and TLS streams.
-pub trait BenchStream: AsyncRead + Unpin + 'static {
-    /// Writes without waiting (`WouldBlock` when it would).
+/// Writes without waiting: what the driver's send side needs, under
+/// tokio's tasks and under the readiness loop alike.
+pub trait WriteNow {
+    /// Writes what the socket takes now (`WouldBlock` when nothing).
     fn try_write(&mut self, buf: &[u8]) -> io::Result<usize>;
+}
+
+/// What the stream driver's task needs of a socket: TCP, Unix, TLS and
+/// QUIC streams.
+pub trait BenchStream: WriteNow + AsyncRead + Unpin + 'static {
     /// Ready when a write can make progress; for TLS, this pushes out
     /// encrypted bytes the session still holds.
     fn poll_write_ready(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>>;
@@ -27,10 +33,13 @@ pub trait BenchStream: AsyncRead + Unpin + 'static {
         Self: Sized;
 }
 
-impl BenchStream for TcpStream {
+impl WriteNow for TcpStream {
     fn try_write(&mut self, buf: &[u8]) -> io::Result<usize> {
         TcpStream::try_write(self, buf)
     }
+}
+
+impl BenchStream for TcpStream {
     fn poll_write_ready(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         TcpStream::poll_write_ready(self, cx)
     }
@@ -43,10 +52,14 @@ impl BenchStream for TcpStream {
 }
 
 #[cfg(unix)]
-impl BenchStream for tokio::net::UnixStream {
+impl WriteNow for tokio::net::UnixStream {
     fn try_write(&mut self, buf: &[u8]) -> io::Result<usize> {
         tokio::net::UnixStream::try_write(self, buf)
     }
+}
+
+#[cfg(unix)]
+impl BenchStream for tokio::net::UnixStream {
     fn poll_write_ready(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         tokio::net::UnixStream::poll_write_ready(self, cx)
     }
@@ -67,12 +80,15 @@ fn write_now<S: tokio::io::AsyncWrite + Unpin>(stream: &mut S, buf: &[u8]) -> io
     }
 }
 
-impl BenchStream for crate::tls::ClientStream<TcpStream> {
+impl WriteNow for crate::tls::ClientStream<TcpStream> {
     fn try_write(&mut self, buf: &[u8]) -> io::Result<usize> {
         // Encrypts into the session and writes what the socket takes; the
         // real waker is registered by `poll_write_ready`.
         write_now(self, buf)
     }
+}
+
+impl BenchStream for crate::tls::ClientStream<TcpStream> {
     fn poll_write_ready(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         use tokio::io::AsyncWrite;
         Pin::new(self).poll_flush(cx)
@@ -88,11 +104,14 @@ impl BenchStream for crate::tls::ClientStream<TcpStream> {
     }
 }
 
-impl BenchStream for crate::client::quic::QuicConn {
+impl WriteNow for crate::client::quic::QuicConn {
     fn try_write(&mut self, buf: &[u8]) -> io::Result<usize> {
         // Into quinn's send buffer; it would wait only on flow control.
         write_now(self, buf)
     }
+}
+
+impl BenchStream for crate::client::quic::QuicConn {
     fn poll_write_ready(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         use tokio::io::AsyncWrite;
         // An empty write registers the waker when flow control blocks.
