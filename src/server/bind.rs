@@ -219,11 +219,17 @@ impl Bound {
 /// The TLS acceptor from the configured files; a bad file is exit 2.
 pub fn tls_acceptor(config: &Config) -> Result<tokio_rustls::TlsAcceptor, ServerError> {
     let mut warnings = Vec::new();
-    let tls = crate::tls::server_config(&config.tls, &mut warnings)?;
+    let tls = crate::tls::server_config(&config.tls, sessions(config), &mut warnings)?;
     for warning in warnings {
         warn!("{warning}");
     }
     Ok(tokio_rustls::TlsAcceptor::from(tls))
+}
+
+/// Resumption tickets each TLS and QUIC configuration remembers. A reload
+/// builds a new configuration, so its clients resume afresh after SIGHUP.
+pub fn sessions(config: &Config) -> usize {
+    crate::tls::session_cache_size(config.max_connections)
 }
 
 async fn resolved(listen: &ListenAddr) -> Result<Vec<SocketAddr>, ServerError> {

@@ -21,7 +21,7 @@ use rustls::{
 };
 
 pub use client::{client_config, connect, server_name, ClientStream, ClientTlsArgs};
-pub use server::{peer_subject, server_config};
+pub use server::{peer_subject, server_config, session_cache_size};
 
 /// A TLS file that cannot be used; the message names the file.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -20,11 +20,23 @@ use crate::{
     stream::{EchoStream, InputClock},
 };
 
-/// The server's TLS configuration, from `files` (cert and key required).
-/// A certificate outside its validity period is a warning: clients will
-/// refuse it, but the operator may be testing exactly that.
+/// Resumption tickets a server remembers for `max_connections`: TLS 1.3
+/// issues two per handshake and rustls's store hands each out once, so
+/// clients that reconnect while this many others hold unused tickets still
+/// resume. rustls's default, 256, made QUIC and TLS clients fall back to
+/// full handshakes (and QUIC to no 0-RTT) past about 128 resuming at once.
+/// Each entry is a few hundred bytes (more with a client certificate).
+pub fn session_cache_size(max_connections: usize) -> usize {
+    max_connections.saturating_mul(2).clamp(256, 65_536)
+}
+
+/// The server's TLS configuration, from `files` (cert and key required),
+/// remembering `sessions` resumption tickets. A certificate outside its
+/// validity period is a warning: clients will refuse it, but the operator
+/// may be testing exactly that.
 pub fn server_config(
     files: &TlsFiles,
+    sessions: usize,
     warnings: &mut Vec<String>,
 ) -> Result<Arc<ServerConfig>, TlsError> {
     let (Some(cert_path), Some(key_path)) = (&files.cert, &files.key) else {
@@ -52,7 +64,7 @@ pub fn server_config(
         }
         None => builder.with_no_client_auth(),
     };
-    let config = builder.with_single_cert(certs, key).map_err(|error| {
+    let mut config = builder.with_single_cert(certs, key).map_err(|error| {
         TlsError(format!(
             "tls_cert {} and tls_key {}: {}",
             cert_path.display(),
@@ -64,6 +76,7 @@ pub fn server_config(
             }
         ))
     })?;
+    config.session_storage = rustls::server::ServerSessionMemoryCache::new(sessions);
     Ok(Arc::new(config))
 }
 

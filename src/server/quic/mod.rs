@@ -83,7 +83,9 @@ impl Limits {
 
 impl Handshakes {
     pub fn new(config: &Config, warnings: &mut Vec<String>) -> Result<Handshakes, TlsError> {
-        let mut tls = (*crate::tls::server_config(&config.tls, warnings)?).clone();
+        let mut tls =
+            (*crate::tls::server_config(&config.tls, super::bind::sessions(config), warnings)?)
+                .clone();
         tls.alpn_protocols = config
             .quic_alpn
             .iter()
