@@ -907,3 +907,56 @@ async fn sighup_rotates_the_server_certificate_for_new_handshakes() {
     server.signal(libc::SIGTERM);
     assert_eq!(server.wait().code(), Some(0));
 }
+
+/// 300 clients reconnecting with `--tls-resume`, one message a connection:
+/// after its first handshake each client resumes every time. The server
+/// remembers tickets for as many clients as it may serve at once (rustls's
+/// own default of 256 tickets is 128 clients: past that most handshakes
+/// were full again), and each bench client resumes from its own session
+/// store (shared, their 8 tickets ran out past about 50 clients).
+#[test]
+fn three_hundred_resuming_clients_each_make_one_full_handshake() {
+    let pki = Pki::new();
+    let (mut server, addr) = pki.spawn_server(&["--log-level", "debug"]);
+    let ca = pki.arg("ca.pem");
+    let target = format!("tls:{addr}");
+    let args = [
+        "bench",
+        &target,
+        "--tls-ca",
+        &ca,
+        "--reconnect",
+        "--tls-resume",
+        "--connections",
+        "300",
+        "--duration",
+        "2",
+        "--warmup",
+        "0",
+        "--json",
+    ];
+    let (code, stdout, stderr) = run_binary(CLIENT, &args, &[], b"");
+    assert_eq!(code, Some(0), "{stderr}");
+    let report: serde_json::Value = serde_json::from_slice(&stdout).unwrap();
+    assert_eq!(report["errors"], 0, "{report}");
+    server.signal(libc::SIGTERM);
+    assert_eq!(server.wait().code(), Some(0));
+    let count = |kind: &str| {
+        let needle = format!("kind=Some({kind})");
+        server
+            .stderr
+            .iter()
+            .filter(|line| line.contains(&needle))
+            .count()
+    };
+    let (full, resumed) = (count("Full"), count("Resumed"));
+    assert!(full + resumed > 0, "no handshake logged");
+    assert!(
+        full <= 300,
+        "{full} full handshakes for 300 clients ({resumed} resumed)"
+    );
+    assert!(
+        resumed >= 300,
+        "{resumed} resumed for 300 clients ({full} full)"
+    );
+}

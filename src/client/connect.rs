@@ -60,6 +60,21 @@ pub fn parse_address(text: &str) -> Result<(Endpoint, String), String> {
 }
 
 impl Target {
+    /// The same target for one more independent client: TLS resumption
+    /// from a session store of its own (one server's worth, 8 tickets), as
+    /// a separate client would have. Connections sharing a store share
+    /// rustls's 8 tickets per server, which many reconnecting at once use
+    /// up: past about 50, most found none and made a full handshake.
+    pub fn with_own_sessions(&self) -> Target {
+        let mut target = self.clone();
+        if let Some(tls) = &mut target.tls {
+            let mut config = (*tls.config).clone();
+            config.resumption = rustls::client::Resumption::in_memory_sessions(8);
+            tls.config = std::sync::Arc::new(config);
+        }
+        target
+    }
+
     /// Checks the combination of address and flags (exit 2 when wrong).
     pub fn new(address: &str, tls: &ClientTlsArgs, udp: bool) -> Result<Target, ClientError> {
         let (endpoint, path) = parse_address(address)

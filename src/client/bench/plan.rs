@@ -157,6 +157,8 @@ pub struct Plan {
     pub streams: usize,
     /// quic: first messages sent as 0-RTT data (`--early-data`).
     pub early_data: bool,
+    /// TLS sessions resumed (`--tls-resume`).
+    pub tls_resume: bool,
     /// Churn: a connection's quota before it is replaced.
     pub messages_per_connection: Option<u64>,
     pub lifetime: Option<Duration>,
@@ -295,6 +297,7 @@ impl Plan {
             rate_per_connection,
             streams: args.streams,
             early_data: args.early_data,
+            tls_resume: args.tls_resume,
             messages_per_connection: args.messages_per_connection,
             lifetime,
             connect_rate: args

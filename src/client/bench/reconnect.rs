@@ -19,7 +19,9 @@ use crate::{
 };
 
 /// `--reconnect`: each message on its own connection (TLS handshake
-/// included), timed from the connect to the verified echo.
+/// included), timed from the connect to the verified echo. With
+/// `--tls-resume` each slot resumes its own sessions, like one of N
+/// separate clients.
 pub async fn reconnect_loop(
     plan: Plan,
     mut codec: EchoCodec,
@@ -31,6 +33,11 @@ pub async fn reconnect_loop(
     let mut rng = rng::seed() ^ (index as u64 + 1).wrapping_mul(0xD1B5_4A32_D192_ED03) | 1;
     let mut message = BytesMut::new();
     let mut echoed = vec![0u8; plan.wire_size()];
+    // Each slot is one client, resuming its own sessions.
+    let target = match plan.tls_resume {
+        true => plan.target.with_own_sessions(),
+        false => plan.target.clone(),
+    };
     loop {
         let offset = (rng::next(&mut rng) % PATTERN_SPAN as u64) as usize;
         let payload = &pattern[offset..offset + plan.size];
@@ -53,8 +60,7 @@ pub async fn reconnect_loop(
                     stream.shutdown().await
                 }};
             }
-            let (conn, phases) = plan
-                .target
+            let (conn, phases) = target
                 .open_timed(plan.connect_timeout)
                 .await
                 .map_err(|e| io::Error::other(e.to_string()))?;
