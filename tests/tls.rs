@@ -909,7 +909,8 @@ async fn sighup_rotates_the_server_certificate_for_new_handshakes() {
 }
 
 /// 300 clients reconnecting with `--tls-resume`, one message a connection:
-/// after its first handshake each client resumes every time. The server
+/// after its first handshake each client resumes every time (no client
+/// makes a second full handshake). The server
 /// remembers tickets for as many clients as it may serve at once (rustls's
 /// own default of 256 tickets is 128 clients: past that most handshakes
 /// were full again), and each bench client resumes from its own session
@@ -955,8 +956,12 @@ fn three_hundred_resuming_clients_each_make_one_full_handshake() {
         full <= 300,
         "{full} full handshakes for 300 clients ({resumed} resumed)"
     );
+    // Each client's ticket is evicted from a 256-entry store before it
+    // comes back (300 clients issue 600 tickets a round), so every return
+    // would be a full handshake: a few dozen returns show it, however
+    // slow the machine (on a loaded CI box 2 s gave 261).
     assert!(
-        resumed >= 300,
-        "{resumed} resumed for 300 clients ({full} full)"
+        resumed >= 50,
+        "only {resumed} resumed for 300 clients ({full} full): too few returns to judge"
     );
 }
