@@ -27,8 +27,8 @@ use crate::{
 
 /// Most unsent-plus-unechoed bytes a connection queues (as the C generator).
 const OUT_QUEUE_LIMIT: usize = 256 * 1024;
-/// Bytes read per syscall.
-const READ_BUFFER: usize = 64 * 1024;
+/// Bytes read per syscall (the readiness loop's buffer too).
+pub(super) const READ_BUFFER: usize = 64 * 1024;
 
 thread_local! {
     /// One read buffer for every connection: the generator's single thread

@@ -25,15 +25,13 @@ use mio::{Events, Interest, Poll, Registry, Token};
 use tokio::io::unix::AsyncFd;
 
 use super::{
-    driver::Driver,
+    driver::{Driver, READ_BUFFER},
     stream::WriteNow,
     tally::{Open, Tally},
     Plan,
 };
 use crate::{client::Conn, codec::EchoCodec};
 
-/// Bytes read per `recv`, one buffer for every connection (as the C tool).
-const READ_BUFFER: usize = 64 * 1024;
 /// Events taken per `epoll_wait`.
 const EVENTS: usize = 1024;
 
@@ -143,6 +141,7 @@ async fn drive_all(
             Err(error) => tally.error(format!("connection failed: {error}")),
         }
     }
+    // One read buffer for every connection, as the C tool.
     let mut buf = vec![0; READ_BUFFER];
     // The first messages: a connection that has sent nothing gets no event.
     for slot in &mut slots {
