@@ -400,6 +400,19 @@ fn start_tasks(
     (tasks, limiter)
 }
 
+/// Task polls a work-stealing worker makes between two looks at the I/O
+/// driver: tokio's default is 61, this is one driver batch
+/// (`max_io_events_per_tick`, 1,024). With hundreds of connections ready at
+/// once, a worker's local queue (256 tasks) overflows into the shared queue,
+/// which it reads only every 31st poll; with a look at the driver every 61
+/// polls, connections woken since jump ahead of the overflow again and again,
+/// and those wait several rounds (p99 at 500 connections 6× the C epoll
+/// loop's). Working through a batch before the next look is the epoll loop's
+/// order: first ready, first served. Echo tasks poll for microseconds, so
+/// new events still wait at most a batch. BENCHMARKS.md, "Work-stealing
+/// fairness".
+const EVENT_INTERVAL: u32 = 1024;
+
 /// The whole daemon: a runtime, signal handlers (installed before any
 /// listener is bound), the listeners, and serving until SIGINT/SIGTERM; a
 /// second signal during the grace period cuts what is still open.
@@ -424,6 +437,7 @@ pub fn run_until_signalled(
         (RuntimeShape::WorkStealing, workers) => (
             tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(workers)
+                .event_interval(EVENT_INTERVAL)
                 .enable_all()
                 .build()?,
             None,
